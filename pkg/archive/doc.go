@@ -1,0 +1,28 @@
+// Package archive reads and writes deltacome archives: a fine-tune stored as
+// the difference to its base model.
+//
+// An archive is one valid safetensors file. Its tensors are the stored
+// blobs (packed codes and compressed bytes as U8, quantization parameters as
+// BF16, singular values as F32), written back to back in the order they were
+// added. Its __metadata__ holds one entry, MetadataKey, whose value is the
+// JSON Manifest: format name and version, the settings used, the fingerprint
+// of the base, the layout of the fine-tune's shards, and one record per
+// fine-tune tensor saying how it is stored and with which checksums.
+//
+// Byte layout (little-endian, as in any safetensors file):
+//
+//	[8 bytes]  N, length of the header
+//	[N bytes]  header JSON: {"__metadata__": {"deltacome.manifest": "<manifest JSON>"},
+//	                         "<blob name>": {"dtype", "shape", "data_offsets"}, ...}
+//	           padded with spaces to a multiple of 8
+//	[...]      blob bytes, contiguous, in header order
+//
+// Blobs with codec "zstd" hold a zstd frame; when Shuffle is k > 1 the
+// decompressed bytes are byte planes: all first bytes of the k-byte elements,
+// then all second bytes, and so on. docs/FORMAT.md in the repository is the
+// normative specification; this package implements it.
+//
+// The package validates everything it reads from a file: header bounds,
+// manifest structure and version, blob sizes and CRC-32C checksums. Errors
+// wrap ErrFormat, ErrVersion or ErrChecksum.
+package archive

@@ -1,0 +1,306 @@
+package archive
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+)
+
+// FormatName is the value of Manifest.Format in every deltacome archive.
+const FormatName = "deltacome"
+
+// Version is the manifest version this package writes and the newest it
+// reads. Readers refuse a newer version with ErrVersion: a new version is
+// introduced whenever an older reader would otherwise misread an archive.
+const Version = 1
+
+// MetadataKey is the safetensors __metadata__ key holding the manifest JSON.
+const MetadataKey = "deltacome.manifest"
+
+// Sentinel errors returned (wrapped) by Open and Reader methods.
+var (
+	// ErrFormat reports a file that is not a well-formed deltacome archive.
+	ErrFormat = errors.New("not a valid deltacome archive")
+	// ErrVersion reports an archive written by a newer format version.
+	ErrVersion = errors.New("unsupported archive format version")
+	// ErrChecksum reports stored bytes that do not match their checksum.
+	ErrChecksum = errors.New("checksum mismatch")
+)
+
+// Storage kinds of a fine-tune tensor (Tensor.Kind).
+const (
+	// KindSame: the tensor is byte-identical to the base tensor of the same
+	// name; nothing is stored.
+	KindSame = "same"
+	// KindXOR: blob "xor" holds FT bytes XOR base bytes; bit-exact.
+	KindXOR = "xor"
+	// KindFull: blob "data" holds the fine-tune bytes; bit-exact. Used for
+	// tensors absent from the base or stored with another dtype there.
+	KindFull = "full"
+	// KindLowRank: the delta to the base is stored as quantized singular
+	// vectors (blobs "sigma", "u.codes", "u.qparams", "v.codes",
+	// "v.qparams"); lossy, described by LowRank.
+	KindLowRank = "lowrank"
+)
+
+// Blob roles (Blob.Role).
+const (
+	RoleXOR      = "xor"
+	RoleData     = "data"
+	RoleSigma    = "sigma"
+	RoleUCodes   = "u.codes"
+	RoleUQParams = "u.qparams"
+	RoleVCodes   = "v.codes"
+	RoleVQParams = "v.qparams"
+	RoleSideFile = "side"
+)
+
+// Codecs (Blob.Codec).
+const (
+	// CodecRaw: the stored bytes are the blob's bytes.
+	CodecRaw = "raw"
+	// CodecZstd: the stored bytes are one zstd frame (optionally of shuffled
+	// byte planes, see Blob.Shuffle).
+	CodecZstd = "zstd"
+)
+
+// Manifest describes the whole archive. It is stored as JSON under
+// MetadataKey; field names below are the JSON names of docs/FORMAT.md.
+type Manifest struct {
+	Format    string     `json:"format"`
+	Version   int        `json:"version"`
+	Tool      string     `json:"tool"`
+	Settings  Settings   `json:"settings"`
+	Base      Base       `json:"base"`
+	Layout    Layout     `json:"layout"`
+	SideFiles []SideFile `json:"side_files"`
+	Tensors   []Tensor   `json:"tensors"`
+}
+
+// Settings records the options the archive was made with.
+type Settings struct {
+	// Mode is "deltacome" (low-rank compression of projections) or
+	// "lossless" (every tensor bit-exact).
+	Mode      string   `json:"mode"`
+	Ratio     float64  `json:"ratio,omitempty"`
+	Schedule  string   `json:"schedule,omitempty"`
+	GroupSize int      `json:"group_size,omitempty"`
+	SVD       string   `json:"svd,omitempty"`
+	Include   []string `json:"include,omitempty"`
+	Exclude   []string `json:"exclude,omitempty"`
+}
+
+// Base identifies the base checkpoint the archive was made against.
+type Base struct {
+	// Fingerprint is "sha256:" + hex SHA-256 over the Tensors records
+	// (see Fingerprint).
+	Fingerprint string       `json:"fingerprint"`
+	Tensors     []BaseTensor `json:"tensors"`
+}
+
+// BaseTensor is one tensor of the base: enough to check, tensor by tensor,
+// that a base given to reconstruct is the one used to compress.
+type BaseTensor struct {
+	Name   string   `json:"name"`
+	DType  string   `json:"dtype"`
+	Shape  []uint64 `json:"shape"`
+	SHA256 string   `json:"sha256"`
+}
+
+// Layout is how the fine-tune was laid out on disk, so that reconstruct
+// writes the same files.
+type Layout struct {
+	// Folder is true when the fine-tune was a folder; false for a lone file.
+	Folder bool `json:"folder"`
+	// Index is the index json file name ("model.safetensors.index.json") of
+	// a sharded fine-tune, or "". Its bytes travel as a side file.
+	Index  string  `json:"index,omitempty"`
+	Shards []Shard `json:"shards"`
+}
+
+// Shard is one safetensors file of the fine-tune.
+type Shard struct {
+	// File is the shard's base name.
+	File string `json:"file"`
+	// Header is the shard's header JSON exactly as it was in the file,
+	// padding included; it fixes tensor order, offsets and __metadata__.
+	Header string `json:"header"`
+}
+
+// SideFile is a small non-tensor file of the fine-tune folder (config.json,
+// tokenizer files, the index json), carried verbatim.
+type SideFile struct {
+	Name   string `json:"name"`
+	Size   int64  `json:"size"`
+	SHA256 string `json:"sha256"`
+	Blob   Blob   `json:"blob"`
+}
+
+// Tensor is the record of one fine-tune tensor.
+type Tensor struct {
+	Name  string   `json:"name"`
+	DType string   `json:"dtype"`
+	Shape []uint64 `json:"shape"`
+	// Shard indexes Layout.Shards.
+	Shard int `json:"shard"`
+	// Kind is one of KindSame, KindXOR, KindFull, KindLowRank.
+	Kind string `json:"kind"`
+	// SHA256 is the hex SHA-256 of the fine-tune tensor's bytes; for the
+	// bit-exact kinds it is verified on reconstruction.
+	SHA256 string `json:"sha256"`
+	// Bytes is the original size of the tensor in bytes.
+	Bytes int64  `json:"bytes"`
+	Blobs []Blob `json:"blobs,omitempty"`
+	// LowRank is set for KindLowRank only.
+	LowRank *LowRank `json:"lowrank,omitempty"`
+}
+
+// Blob is one stored safetensors tensor of the archive.
+type Blob struct {
+	Role string `json:"role"`
+	// Tensor is the blob's tensor name inside the archive file.
+	Tensor string `json:"tensor"`
+	Codec  string `json:"codec"`
+	// Shuffle is the element size whose byte planes were separated before
+	// compression (0 or 1: none).
+	Shuffle int `json:"shuffle,omitempty"`
+	// RawSize is the size in bytes after decoding.
+	RawSize int64 `json:"raw_size"`
+	// Size is the stored size in bytes.
+	Size int64 `json:"size"`
+	// CRC32C is the Castagnoli CRC-32 of the stored bytes.
+	CRC32C uint32 `json:"crc32c"`
+}
+
+// LowRank describes a tensor stored as quantized singular vectors:
+// W = W_base + U_q diag(sigma) V_q^T, U_q (rows x rank) and V_q (cols x rank).
+type LowRank struct {
+	Rank int `json:"rank"`
+	// Bands are consecutive runs of singular vectors sharing a bit width, in
+	// singular-value order; their counts sum to Rank.
+	Bands     []Band `json:"bands"`
+	GroupSize int    `json:"group_size"`
+	// RelError is |Delta - Delta_hat|_F / |Delta|_F measured at compression.
+	RelError float64 `json:"rel_error"`
+	// DeltaNorm is |Delta|_F, to aggregate errors over tensors.
+	DeltaNorm float64 `json:"delta_norm"`
+	// EnergyKept is sum of kept sigma^2 / |Delta|_F^2.
+	EnergyKept float64 `json:"energy_kept"`
+	// Budget is the byte budget the allocation had (fp16 size / ratio).
+	Budget int64 `json:"budget"`
+}
+
+// Band is a run of Count singular vectors quantized at Bits bits.
+type Band struct {
+	Bits  int `json:"bits"`
+	Count int `json:"count"`
+}
+
+// StoredBytes returns the sum of the stored sizes of t's blobs.
+func (t *Tensor) StoredBytes() int64 {
+	var n int64
+	for _, b := range t.Blobs {
+		n += b.Size
+	}
+	return n
+}
+
+// Blob returns t's blob with the given role.
+func (t *Tensor) Blob(role string) (Blob, bool) {
+	for _, b := range t.Blobs {
+		if b.Role == role {
+			return b, true
+		}
+	}
+	return Blob{}, false
+}
+
+// validate checks the manifest's internal consistency (not the blobs).
+func (m *Manifest) validate() error {
+	if m.Format != FormatName {
+		return fmt.Errorf("%w: manifest format %q, want %q", ErrFormat, m.Format, FormatName)
+	}
+	if m.Version < 1 {
+		return fmt.Errorf("%w: manifest version %d", ErrFormat, m.Version)
+	}
+	if m.Version > Version {
+		return fmt.Errorf("%w: archive is version %d, this build reads up to %d; upgrade deltacome", ErrVersion, m.Version, Version)
+	}
+	if len(m.Layout.Shards) == 0 && len(m.Tensors) > 0 {
+		return fmt.Errorf("%w: manifest has tensors but no shards", ErrFormat)
+	}
+	seen := make(map[string]bool, len(m.Tensors))
+	for i := range m.Tensors {
+		t := &m.Tensors[i]
+		if seen[t.Name] {
+			return fmt.Errorf("%w: tensor %q recorded twice", ErrFormat, t.Name)
+		}
+		seen[t.Name] = true
+		if t.Shard < 0 || t.Shard >= len(m.Layout.Shards) {
+			return fmt.Errorf("%w: tensor %q: shard %d out of range", ErrFormat, t.Name, t.Shard)
+		}
+		want := requiredRoles[t.Kind]
+		if want == nil {
+			return fmt.Errorf("%w: tensor %q: unknown storage kind %q", ErrFormat, t.Name, t.Kind)
+		}
+		for _, r := range want {
+			if _, ok := t.Blob(r); !ok {
+				return fmt.Errorf("%w: tensor %q (%s): missing blob %q", ErrFormat, t.Name, t.Kind, r)
+			}
+		}
+		if t.Kind == KindLowRank {
+			if err := t.LowRank.validate(); err != nil {
+				return fmt.Errorf("%w: tensor %q: %v", ErrFormat, t.Name, err)
+			}
+		}
+	}
+	files := make(map[string]bool)
+	for _, s := range m.Layout.Shards {
+		if !safeName(s.File) || files[s.File] {
+			return fmt.Errorf("%w: bad or repeated shard file name %q", ErrFormat, s.File)
+		}
+		files[s.File] = true
+	}
+	for _, f := range m.SideFiles {
+		if !safeName(f.Name) || files[f.Name] {
+			return fmt.Errorf("%w: bad or repeated side file name %q", ErrFormat, f.Name)
+		}
+		files[f.Name] = true
+	}
+	return nil
+}
+
+var requiredRoles = map[string][]string{
+	KindSame:    {},
+	KindXOR:     {RoleXOR},
+	KindFull:    {RoleData},
+	KindLowRank: {RoleSigma, RoleUCodes, RoleUQParams, RoleVCodes, RoleVQParams},
+}
+
+func (lr *LowRank) validate() error {
+	if lr == nil {
+		return errors.New("lowrank record missing")
+	}
+	if lr.Rank < 0 || lr.GroupSize < 1 {
+		return fmt.Errorf("bad rank %d or group size %d", lr.Rank, lr.GroupSize)
+	}
+	n := 0
+	for i, b := range lr.Bands {
+		if b.Bits < 1 || b.Bits > 8 || b.Count < 1 {
+			return fmt.Errorf("band %d: bad bits %d or count %d", i, b.Bits, b.Count)
+		}
+		n += b.Count
+	}
+	if n != lr.Rank {
+		return fmt.Errorf("bands hold %d vectors, rank is %d", n, lr.Rank)
+	}
+	return nil
+}
+
+// safeName reports whether a file name from an archive may be created in an
+// output folder: a plain base name, no separators, not "." or "..".
+func safeName(s string) bool {
+	return s != "" && s != "." && s != ".." && !slices.ContainsFunc([]byte(s), func(c byte) bool {
+		return c == '/' || c == '\\' || c == 0
+	})
+}

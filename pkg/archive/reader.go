@@ -1,0 +1,88 @@
+package archive
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/deltacome/deltacome/pkg/stfile"
+)
+
+// Reader is an opened archive. Its Manifest has been validated against the
+// file: every blob it names exists with the recorded size.
+type Reader struct {
+	// Manifest is the archive's manifest; callers must not modify it.
+	Manifest *Manifest
+	file     *stfile.File
+}
+
+// Open opens and validates the archive at path. Errors wrap ErrFormat,
+// ErrVersion, or the stfile package's errors for a broken safetensors file.
+func Open(path string) (*Reader, error) {
+	f, err := stfile.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrFormat, err)
+	}
+	m, err := readManifest(f)
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("archive %s: %w", path, err), f.Close())
+	}
+	return &Reader{Manifest: m, file: f}, nil
+}
+
+func readManifest(f *stfile.File) (*Manifest, error) {
+	js, ok := f.Metadata()[MetadataKey]
+	if !ok {
+		return nil, fmt.Errorf("%w: no %q in __metadata__ (is this a deltacome archive?)", ErrFormat, MetadataKey)
+	}
+	var m Manifest
+	if err := json.Unmarshal([]byte(js), &m); err != nil {
+		return nil, fmt.Errorf("%w: manifest: %v", ErrFormat, err)
+	}
+	if err := m.validate(); err != nil {
+		return nil, err
+	}
+	check := func(b Blob) error {
+		info, ok := f.Info(b.Tensor)
+		if !ok {
+			return fmt.Errorf("%w: blob %q named in the manifest is not in the file", ErrFormat, b.Tensor)
+		}
+		if info.Size != b.Size {
+			return fmt.Errorf("%w: blob %q: %d bytes in the file, manifest says %d", ErrFormat, b.Tensor, info.Size, b.Size)
+		}
+		return nil
+	}
+	for _, t := range m.Tensors {
+		for _, b := range t.Blobs {
+			if err := check(b); err != nil {
+				return nil, fmt.Errorf("tensor %q: %w", t.Name, err)
+			}
+		}
+	}
+	for _, s := range m.SideFiles {
+		if err := check(s.Blob); err != nil {
+			return nil, fmt.Errorf("side file %q: %w", s.Name, err)
+		}
+	}
+	return &m, nil
+}
+
+// Blob returns the decoded bytes of b after verifying its checksum. Errors
+// wrap ErrChecksum or ErrFormat. The result may alias the file mapping
+// (codec raw): callers must not modify it, and it is valid until Close.
+func (r *Reader) Blob(b Blob) ([]byte, error) {
+	stored, err := r.file.Data(b.Tensor)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrFormat, err)
+	}
+	return DecodeBlob(b, stored)
+}
+
+// Path returns the archive's file path.
+func (r *Reader) Path() string { return r.file.Path() }
+
+// Size returns the archive's file size in bytes.
+func (r *Reader) Size() int64 { return r.file.Size() }
+
+// Close releases the archive file.
+func (r *Reader) Close() error { return r.file.Close() }
