@@ -1,0 +1,370 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"runtime"
+	"slices"
+
+	"github.com/nlpodyssey/safetensors"
+
+	"github.com/deltacome/deltacome/internal/alloc"
+	"github.com/deltacome/deltacome/internal/checkpoint"
+	"github.com/deltacome/deltacome/internal/dtype"
+	"github.com/deltacome/deltacome/internal/lowrank"
+	"github.com/deltacome/deltacome/pkg/archive"
+)
+
+// Modes of compression (archive Settings.Mode).
+const (
+	// ModeDeltaCoMe low-rank compresses the selected projections and stores
+	// everything else losslessly.
+	ModeDeltaCoMe = "deltacome"
+	// ModeLossless stores every tensor bit-exact.
+	ModeLossless = "lossless"
+)
+
+// CompressOptions configures Compress.
+type CompressOptions struct {
+	// Mode is ModeDeltaCoMe or ModeLossless.
+	Mode string
+	// Ratio is the compression ratio each low-rank tensor must meet: its
+	// stored bytes are at most its fp16 size / Ratio.
+	Ratio float64
+	// Schedule allocates bit widths to singular vectors.
+	Schedule alloc.Schedule
+	// GroupSize is the quantization group length along each singular vector.
+	GroupSize int
+	// Select picks the tensors to low-rank compress.
+	Select *Selector
+	// Workers bounds the tensors processed at once; < 1 means GOMAXPROCS.
+	Workers int
+	// Tool is recorded in the manifest (name and version).
+	Tool string
+	// Progress receives per-tensor events; nil means none.
+	Progress Progress
+}
+
+// Summary totals a finished Compress.
+type Summary struct {
+	Tensors     int
+	OrigBytes   int64 // the fine-tune's tensor bytes
+	ArchiveSize int64 // the archive file's size
+	// LowRank aggregates the low-rank tensors: sqrt(sum err^2 / sum |Delta|^2).
+	LowRankTensors int
+	AggRelError    float64
+}
+
+// Compress writes an archive at outPath holding FT (ftPath) as a delta to
+// BASE (basePath). outPath is replaced only when the archive is complete.
+func Compress(ctx context.Context, basePath, ftPath, outPath string, opt CompressOptions) (*Summary, error) {
+	if err := opt.validate(); err != nil {
+		return nil, err
+	}
+	if opt.Progress == nil {
+		opt.Progress = NoProgress{}
+	}
+	base, err := checkpoint.Open(basePath)
+	if err != nil {
+		return nil, fmt.Errorf("%w: base: %w", ErrInput, err)
+	}
+	defer base.Close()
+	ft, err := checkpoint.Open(ftPath)
+	if err != nil {
+		return nil, fmt.Errorf("%w: fine-tune: %w", ErrInput, err)
+	}
+	defer ft.Close()
+
+	m, err := newManifest(ft, opt)
+	if err != nil {
+		return nil, err
+	}
+	w, err := archive.Create(outPath)
+	if err != nil {
+		return nil, err
+	}
+	defer w.Abort() // no-op after a successful Commit
+
+	names := ft.Names()
+	var total int64
+	for _, n := range names {
+		t, _ := ft.Tensor(n)
+		total += t.Size
+	}
+	opt.Progress.Begin(len(names), total)
+
+	baseHash := make(map[string]string, len(base.Names()))
+	var sum Summary
+	var errSq, normSq float64
+	work := func(ctx context.Context, i int) (*encoded, error) {
+		return encodeTensor(base, ft, names[i], opt)
+	}
+	consume := func(i int, e *encoded) error {
+		for _, b := range e.blobs {
+			if err := w.Add(b.Blob, b.dtype, b.shape, b.stored); err != nil {
+				return err
+			}
+			e.rec.Blobs = append(e.rec.Blobs, b.Blob)
+		}
+		if e.baseSHA != "" {
+			baseHash[e.rec.Name] = e.baseSHA
+		}
+		m.Tensors = append(m.Tensors, e.rec)
+		ev := Event{Index: i, Total: len(names), Name: e.rec.Name, Shape: e.rec.Shape, DType: e.rec.DType,
+			Kind: e.rec.Kind, OrigBytes: e.rec.Bytes, StoredBytes: e.rec.StoredBytes()}
+		if lr := e.rec.LowRank; lr != nil {
+			ev.Rank, ev.Bands, ev.RelError = lr.Rank, BandsString(lr.Bands), lr.RelError
+			errSq += (lr.RelError * lr.DeltaNorm) * (lr.RelError * lr.DeltaNorm)
+			normSq += lr.DeltaNorm * lr.DeltaNorm
+			sum.LowRankTensors++
+		}
+		sum.OrigBytes += e.rec.Bytes
+		opt.Progress.Tensor(ev)
+		return nil
+	}
+	if err := ordered(ctx, len(names), opt.workers(), work, consume); err != nil {
+		return nil, err
+	}
+
+	if m.Base, err = fingerprintBase(ctx, base, baseHash); err != nil {
+		return nil, err
+	}
+	if err := addSideFiles(ft, w, m); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := w.Commit(m); err != nil {
+		return nil, err
+	}
+	st, err := os.Stat(outPath)
+	if err != nil {
+		return nil, err
+	}
+	sum.Tensors = len(names)
+	sum.ArchiveSize = st.Size()
+	if normSq > 0 {
+		sum.AggRelError = math.Sqrt(errSq / normSq)
+	}
+	return &sum, nil
+}
+
+func (opt *CompressOptions) validate() error {
+	switch opt.Mode {
+	case ModeLossless:
+	case ModeDeltaCoMe:
+		if !(opt.Ratio >= 1) {
+			return fmt.Errorf("%w: ratio must be >= 1, got %v", ErrUsage, opt.Ratio)
+		}
+		if opt.GroupSize < 1 {
+			return fmt.Errorf("%w: group size must be >= 1, got %d", ErrUsage, opt.GroupSize)
+		}
+		if opt.Select == nil {
+			return fmt.Errorf("%w: no tensor selector", ErrUsage)
+		}
+	default:
+		return fmt.Errorf("%w: unknown mode %q", ErrUsage, opt.Mode)
+	}
+	return nil
+}
+
+func (opt *CompressOptions) workers() int {
+	if opt.Workers >= 1 {
+		return opt.Workers
+	}
+	return runtime.GOMAXPROCS(0)
+}
+
+func newManifest(ft *checkpoint.Checkpoint, opt CompressOptions) (*archive.Manifest, error) {
+	m := &archive.Manifest{
+		Format:   archive.FormatName,
+		Version:  archive.Version,
+		Tool:     opt.Tool,
+		Settings: archive.Settings{Mode: opt.Mode},
+		Layout:   archive.Layout{Folder: ft.IsFolder(), Index: ft.IndexFile()},
+	}
+	if opt.Mode == ModeDeltaCoMe {
+		m.Settings.Ratio = opt.Ratio
+		m.Settings.Schedule = opt.Schedule.String()
+		m.Settings.GroupSize = opt.GroupSize
+		m.Settings.SVD = "exact"
+		m.Settings.Include = opt.Select.Include
+		m.Settings.Exclude = opt.Select.Exclude
+	}
+	for i, sh := range ft.Shards() {
+		m.Layout.Shards = append(m.Layout.Shards, archive.Shard{File: ft.ShardNames()[i], Header: string(sh.Header())})
+	}
+	return m, nil
+}
+
+// encoded is one tensor's archive record and the blobs to store for it.
+type encoded struct {
+	rec     archive.Tensor
+	blobs   []blob
+	baseSHA string // SHA-256 of the paired base tensor, "" if none
+}
+
+type blob struct {
+	archive.Blob
+	dtype  safetensors.DType
+	shape  []uint64
+	stored []byte
+}
+
+func encodeTensor(base, ft *checkpoint.Checkpoint, name string, opt CompressOptions) (*encoded, error) {
+	t, _ := ft.Tensor(name)
+	data, err := ft.Data(name)
+	if err != nil {
+		return nil, fmt.Errorf("%w: fine-tune: %w", ErrInput, err)
+	}
+	e := &encoded{rec: archive.Tensor{Name: name, DType: t.DType.String(), Shape: t.Shape, Shard: t.Shard,
+		Bytes: int64(len(data)), SHA256: sha256Hex(data)}}
+
+	bt, inBase := base.Tensor(name)
+	if !inBase {
+		return e, e.storeFull(data, t.DType)
+	}
+	if !slices.Equal(bt.Shape, t.Shape) {
+		return nil, fmt.Errorf("%w: tensor %q: shape %v in fine-tune %s, %v in base %s", ErrInput, name, t.Shape, ft.Path(), bt.Shape, base.Path())
+	}
+	bdata, err := base.Data(name)
+	if err != nil {
+		return nil, fmt.Errorf("%w: base: %w", ErrInput, err)
+	}
+	e.baseSHA = sha256Hex(bdata)
+
+	switch {
+	case bt.DType == t.DType && e.baseSHA == e.rec.SHA256 && bytes.Equal(bdata, data):
+		e.rec.Kind = archive.KindSame
+		return e, nil
+	case opt.Mode == ModeDeltaCoMe && len(t.Shape) == 2 && dtype.IsFloat(t.DType) && dtype.IsFloat(bt.DType) && opt.Select.Match(name):
+		return e, e.storeLowRank(data, t.DType, bdata, bt.DType, opt)
+	case bt.DType != t.DType:
+		return e, e.storeFull(data, t.DType)
+	default:
+		x := make([]byte, len(data))
+		for i := range x {
+			x[i] = data[i] ^ bdata[i]
+		}
+		e.rec.Kind = archive.KindXOR
+		return e, e.add(archive.RoleXOR, x, archive.CodecZstd, int(t.DType.Size()), safetensors.U8, nil)
+	}
+}
+
+func (e *encoded) storeFull(data []byte, dt safetensors.DType) error {
+	e.rec.Kind = archive.KindFull
+	return e.add(archive.RoleData, data, archive.CodecZstd, int(dt.Size()), safetensors.U8, nil)
+}
+
+func (e *encoded) storeLowRank(data []byte, dt safetensors.DType, bdata []byte, bdt safetensors.DType, opt CompressOptions) error {
+	rows, cols := int(e.rec.Shape[0]), int(e.rec.Shape[1])
+	delta := make([]float32, rows*cols)
+	if err := lowrank.Delta(delta, data, dt, bdata, bdt); err != nil {
+		return fmt.Errorf("%w: tensor %q: %w", ErrInput, e.rec.Name, err)
+	}
+	enc, err := lowrank.Encode(delta, rows, cols, lowrank.Options{Ratio: opt.Ratio, Schedule: opt.Schedule, GroupSize: opt.GroupSize})
+	if err != nil {
+		return fmt.Errorf("tensor %q: %w", e.rec.Name, err)
+	}
+	e.rec.Kind = archive.KindLowRank
+	e.rec.LowRank = &enc.Record
+	r := uint64(enc.Record.Rank)
+	steps := []error{
+		e.add(archive.RoleSigma, enc.Sigma, archive.CodecRaw, 0, safetensors.F32, []uint64{r}),
+		e.add(archive.RoleUCodes, enc.UCodes, archive.CodecRaw, 0, safetensors.U8, nil),
+		e.add(archive.RoleUQParams, enc.UQParams, archive.CodecRaw, 0, safetensors.BF16, []uint64{uint64(len(enc.UQParams) / 4), 2}),
+		e.add(archive.RoleVCodes, enc.VCodes, archive.CodecRaw, 0, safetensors.U8, nil),
+		e.add(archive.RoleVQParams, enc.VQParams, archive.CodecRaw, 0, safetensors.BF16, []uint64{uint64(len(enc.VQParams) / 4), 2}),
+	}
+	return errors.Join(steps...)
+}
+
+// add encodes raw as blob role of this tensor. A nil shape means a 1-D U8
+// tensor of the stored length.
+func (e *encoded) add(role string, raw []byte, codec string, shuffle int, dt safetensors.DType, shape []uint64) error {
+	b, stored, err := archive.EncodeBlob(role, e.rec.Name+"/"+role, raw, codec, shuffle)
+	if err != nil {
+		return err
+	}
+	if shape == nil {
+		shape = []uint64{uint64(len(stored))}
+	}
+	e.blobs = append(e.blobs, blob{Blob: b, dtype: dt, shape: shape, stored: stored})
+	return nil
+}
+
+// fingerprintBase builds the base record: every base tensor with its hash,
+// reusing the hashes computed while encoding and hashing the rest.
+func fingerprintBase(ctx context.Context, base *checkpoint.Checkpoint, known map[string]string) (archive.Base, error) {
+	var b archive.Base
+	for _, name := range base.Names() {
+		if err := ctx.Err(); err != nil {
+			return b, err
+		}
+		t, _ := base.Tensor(name)
+		h, ok := known[name]
+		if !ok {
+			data, err := base.Data(name)
+			if err != nil {
+				return b, fmt.Errorf("%w: base: %w", ErrInput, err)
+			}
+			h = sha256Hex(data)
+		}
+		b.Tensors = append(b.Tensors, archive.BaseTensor{Name: name, DType: t.DType.String(), Shape: t.Shape, SHA256: h})
+	}
+	b.Fingerprint = archive.Fingerprint(b.Tensors)
+	return b, nil
+}
+
+func addSideFiles(ft *checkpoint.Checkpoint, w *archive.Writer, m *archive.Manifest) error {
+	files, err := ft.SideFiles()
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrInput, err)
+	}
+	for _, f := range files {
+		data, err := readSmallFile(f.Path, f.Size)
+		if err != nil {
+			return fmt.Errorf("%w: side file: %w", ErrInput, err)
+		}
+		b, stored, err := archive.EncodeBlob(archive.RoleSideFile, "__side__/"+f.Name, data, archive.CodecZstd, 0)
+		if err != nil {
+			return err
+		}
+		if err := w.Add(b, safetensors.U8, []uint64{uint64(len(stored))}, stored); err != nil {
+			return err
+		}
+		m.SideFiles = append(m.SideFiles, archive.SideFile{Name: f.Name, Size: int64(len(data)), SHA256: sha256Hex(data), Blob: b})
+	}
+	return nil
+}
+
+// readSmallFile reads a side file, refusing one that grew past its listed
+// size since it was listed.
+func readSmallFile(path string, size int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, size+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	if int64(len(data)) != size {
+		return nil, fmt.Errorf("%s changed size while being read", path)
+	}
+	return data, nil
+}
+
+func sha256Hex(b []byte) string {
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:])
+}

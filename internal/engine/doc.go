@@ -1,0 +1,14 @@
+// Package engine runs deltacome's use cases: Compress (BASE + FT -> archive),
+// Reconstruct (BASE + archive -> checkpoint) and Inspect (archive -> report).
+//
+// Each use case opens its inputs, plans the work tensor by tensor, runs it on
+// a bounded pool of workers whose results are consumed in tensor order (so
+// outputs are byte-identical whatever the worker count), and writes its
+// output under a temporary name that is renamed into place only when
+// complete. Memory is bounded by the tensors in flight: checkpoints are
+// memory-mapped and read on demand.
+//
+// The engine does not print; progress goes out through the Progress
+// interface. Errors wrap the sentinels of this package and of pkg/archive so
+// that callers can map them to exit codes.
+package engine

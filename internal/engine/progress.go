@@ -1,0 +1,38 @@
+package engine
+
+// Event reports one finished tensor.
+type Event struct {
+	// Index is the tensor's 0-based position, Total the number of tensors.
+	Index, Total int
+	Name         string
+	Shape        []uint64
+	DType        string
+	// Kind is the storage kind (pkg/archive Kind* constants).
+	Kind string
+	// Rank and Bands describe a low-rank tensor (Kind "lowrank").
+	Rank  int
+	Bands string
+	// OrigBytes is the tensor's size in the checkpoint, StoredBytes what the
+	// archive holds for it (compress) or what was written (reconstruct).
+	OrigBytes, StoredBytes int64
+	// RelError is the relative error of a low-rank delta; 0 otherwise.
+	RelError float64
+}
+
+// Progress receives progress from a running use case. Methods are called
+// from one goroutine at a time, in tensor order.
+type Progress interface {
+	// Begin announces the number of tensors and their total size in bytes.
+	Begin(total int, totalBytes int64)
+	// Tensor reports a finished tensor.
+	Tensor(ev Event)
+}
+
+// NoProgress discards progress.
+type NoProgress struct{}
+
+// Begin implements Progress.
+func (NoProgress) Begin(int, int64) {}
+
+// Tensor implements Progress.
+func (NoProgress) Tensor(Event) {}

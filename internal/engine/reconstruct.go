@@ -1,0 +1,396 @@
+package engine
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"github.com/nlpodyssey/safetensors"
+
+	"github.com/deltacome/deltacome/internal/checkpoint"
+	"github.com/deltacome/deltacome/internal/lowrank"
+	"github.com/deltacome/deltacome/pkg/archive"
+	"github.com/deltacome/deltacome/pkg/stfile"
+)
+
+// ReconstructOptions configures Reconstruct.
+type ReconstructOptions struct {
+	// Force accepts a base whose fingerprint differs from the archive's.
+	Force bool
+	// Workers bounds the tensors processed at once; < 1 means GOMAXPROCS.
+	Workers int
+	// Progress receives per-tensor events; nil means none.
+	Progress Progress
+}
+
+// ReconstructSummary totals a finished Reconstruct.
+type ReconstructSummary struct {
+	Files   []string // written file names, shards then side files
+	Tensors int
+	Bytes   int64 // tensor bytes written
+}
+
+// Reconstruct writes the fine-tune stored in the archive at archivePath,
+// applied to BASE (basePath), as a checkpoint in the folder outDir: the same
+// shard files, headers and side files as the fine-tune. outDir must not
+// exist or be empty; it appears only when complete.
+func Reconstruct(ctx context.Context, basePath, archivePath, outDir string, opt ReconstructOptions) (*ReconstructSummary, error) {
+	if opt.Progress == nil {
+		opt.Progress = NoProgress{}
+	}
+	ar, err := archive.Open(archivePath)
+	if err != nil {
+		return nil, err
+	}
+	defer ar.Close()
+	m := ar.Manifest
+	base, err := checkpoint.Open(basePath)
+	if err != nil {
+		return nil, fmt.Errorf("%w: base: %w", ErrInput, err)
+	}
+	defer base.Close()
+
+	if err := checkBaseLayout(base, m, opt.Force); err != nil {
+		return nil, err
+	}
+	items, headers, err := planShards(m)
+	if err != nil {
+		return nil, fmt.Errorf("archive %s: %w", archivePath, err)
+	}
+	if err := checkOutDir(outDir); err != nil {
+		return nil, err
+	}
+	tmp, err := os.MkdirTemp(filepath.Dir(filepath.Clean(outDir)), "."+filepath.Base(outDir)+".tmp-*")
+	if err != nil {
+		return nil, fmt.Errorf("create output: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			_ = os.RemoveAll(tmp)
+		}
+	}()
+
+	baseRec := make(map[string]archive.BaseTensor, len(m.Base.Tensors))
+	for _, bt := range m.Base.Tensors {
+		baseRec[bt.Name] = bt
+	}
+	var total int64
+	for _, it := range items {
+		total += it.rec.Bytes
+	}
+	opt.Progress.Begin(len(items), total)
+
+	sum := &ReconstructSummary{Tensors: len(items)}
+	sw := &shardWriter{dir: tmp, m: m, headers: headers}
+	work := func(ctx context.Context, i int) ([]byte, error) {
+		return decodeTensor(ar, base, items[i].rec, baseRec, m.Base.Fingerprint, opt.Force)
+	}
+	consume := func(i int, data []byte) error {
+		if err := sw.write(items[i].shard, data); err != nil {
+			return err
+		}
+		sum.Bytes += int64(len(data))
+		rec := items[i].rec
+		opt.Progress.Tensor(Event{Index: i, Total: len(items), Name: rec.Name, Shape: rec.Shape, DType: rec.DType,
+			Kind: rec.Kind, OrigBytes: rec.Bytes, StoredBytes: int64(len(data))})
+		return nil
+	}
+	werr := ordered(ctx, len(items), workers(opt.Workers), work, consume)
+	if werr == nil {
+		werr = sw.finish(len(m.Layout.Shards))
+	}
+	werr = errors.Join(werr, sw.close())
+	if werr != nil {
+		return nil, werr
+	}
+	for _, s := range m.Layout.Shards {
+		sum.Files = append(sum.Files, s.File)
+	}
+	for _, f := range m.SideFiles {
+		if err := writeSideFile(ar, tmp, f); err != nil {
+			return nil, err
+		}
+		sum.Files = append(sum.Files, f.Name)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := os.Remove(outDir); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("replace empty %s: %w", outDir, err)
+	}
+	if err := os.Rename(tmp, outDir); err != nil {
+		return nil, fmt.Errorf("create output %s: %w", outDir, err)
+	}
+	ok = true
+	return sum, nil
+}
+
+func workers(n int) int {
+	opt := CompressOptions{Workers: n}
+	return opt.workers()
+}
+
+// checkOutDir refuses an outDir that exists and is not an empty folder.
+func checkOutDir(outDir string) error {
+	entries, err := os.ReadDir(outDir)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return nil
+	case err != nil:
+		return fmt.Errorf("%w: %s is not a usable folder: %v", ErrExists, outDir, err)
+	case len(entries) > 0:
+		return fmt.Errorf("%w: %s is not empty", ErrExists, outDir)
+	}
+	return nil
+}
+
+// checkBaseLayout compares the base's tensor names, dtypes and shapes with
+// the archive's record, a check that reads no tensor bytes. Byte-level
+// agreement is verified tensor by tensor as they are read.
+func checkBaseLayout(base *checkpoint.Checkpoint, m *archive.Manifest, force bool) error {
+	if force {
+		return nil
+	}
+	names := base.Names()
+	same := len(names) == len(m.Base.Tensors)
+	if same {
+		for _, bt := range m.Base.Tensors {
+			t, ok := base.Tensor(bt.Name)
+			if !ok || t.DType.String() != bt.DType || !slices.Equal(t.Shape, bt.Shape) {
+				same = false
+				break
+			}
+		}
+	}
+	if same {
+		return nil
+	}
+	return wrongBase(base, m.Base.Fingerprint, "its tensor names, dtypes or shapes differ")
+}
+
+// wrongBase builds the error for a base that does not match, naming both
+// fingerprints. Hashing the whole given base happens only on this path.
+func wrongBase(base *checkpoint.Checkpoint, want, why string) error {
+	got, err := fingerprintBase(context.Background(), base, nil)
+	fp := got.Fingerprint
+	if err != nil {
+		fp = "unknown (" + err.Error() + ")"
+	}
+	return fmt.Errorf("%w: %s was not the base of this archive (%s): its fingerprint is %s, the archive was made against %s; use --force to apply anyway",
+		ErrWrongBase, base.Path(), why, fp, want)
+}
+
+type item struct {
+	rec   *archive.Tensor
+	shard int
+}
+
+// planShards lists the tensors in output order (shard by shard, in each
+// shard's file order) and checks that the recorded shard headers agree with
+// the tensor records.
+func planShards(m *archive.Manifest) ([]item, [][]byte, error) {
+	byName := make(map[string]*archive.Tensor, len(m.Tensors))
+	for i := range m.Tensors {
+		byName[m.Tensors[i].Name] = &m.Tensors[i]
+	}
+	var items []item
+	headers := make([][]byte, len(m.Layout.Shards))
+	for si, s := range m.Layout.Shards {
+		infos, _, err := stfile.ParseHeader([]byte(s.Header))
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: shard %s: recorded header: %w", archive.ErrFormat, s.File, err)
+		}
+		for _, info := range infos {
+			rec, ok := byName[info.Name]
+			if !ok || rec.Shard != si || rec.DType != info.DType.String() || !slices.Equal(rec.Shape, info.Shape) || rec.Bytes != info.Size {
+				return nil, nil, fmt.Errorf("%w: shard %s: tensor %q in the header disagrees with its record", archive.ErrFormat, s.File, info.Name)
+			}
+			items = append(items, item{rec: rec, shard: si})
+		}
+		headers[si] = []byte(s.Header)
+	}
+	if len(items) != len(m.Tensors) {
+		return nil, nil, fmt.Errorf("%w: %d tensors recorded, shard headers hold %d", archive.ErrFormat, len(m.Tensors), len(items))
+	}
+	return items, headers, nil
+}
+
+// decodeTensor returns the fine-tune bytes of one tensor. Bit-exact kinds
+// are checked against their recorded SHA-256, except when forced onto another
+// base, where they cannot match.
+func decodeTensor(ar *archive.Reader, base *checkpoint.Checkpoint, rec *archive.Tensor, baseRec map[string]archive.BaseTensor, fp string, force bool) ([]byte, error) {
+	var bdata []byte
+	var bdt safetensors.DType
+	if rec.Kind != archive.KindFull {
+		bt, ok := base.Tensor(rec.Name)
+		if !ok {
+			return nil, fmt.Errorf("%w: tensor %q is stored as a delta but %s has no such tensor", ErrWrongBase, rec.Name, base.Path())
+		}
+		var err error
+		if bdata, err = base.Data(rec.Name); err != nil {
+			return nil, fmt.Errorf("%w: base: %w", ErrInput, err)
+		}
+		bdt = bt.DType
+		if br, ok := baseRec[rec.Name]; !force && (!ok || br.SHA256 != sha256Hex(bdata)) {
+			return nil, wrongBase(base, fp, fmt.Sprintf("tensor %q has other bytes", rec.Name))
+		}
+		if !slices.Equal(bt.Shape, rec.Shape) {
+			return nil, fmt.Errorf("%w: tensor %q: shape %v in base, %v in archive", ErrWrongBase, rec.Name, bt.Shape, rec.Shape)
+		}
+	}
+	blob := func(role string) ([]byte, error) {
+		b, _ := rec.Blob(role) // presence checked when the manifest was read
+		data, err := ar.Blob(b)
+		if err != nil {
+			return nil, fmt.Errorf("tensor %q: %w", rec.Name, err)
+		}
+		return data, nil
+	}
+	var out []byte
+	switch rec.Kind {
+	case archive.KindSame:
+		if int64(len(bdata)) != rec.Bytes || bdt.String() != rec.DType {
+			return nil, fmt.Errorf("%w: tensor %q: base has %s of %d bytes, archive expects %s of %d", ErrWrongBase, rec.Name, bdt, len(bdata), rec.DType, rec.Bytes)
+		}
+		out = bdata
+	case archive.KindFull:
+		data, err := blob(archive.RoleData)
+		if err != nil {
+			return nil, err
+		}
+		out = data
+	case archive.KindXOR:
+		x, err := blob(archive.RoleXOR)
+		if err != nil {
+			return nil, err
+		}
+		if len(x) != len(bdata) {
+			return nil, fmt.Errorf("%w: tensor %q: xor blob of %d bytes for a base tensor of %d", archive.ErrFormat, rec.Name, len(x), len(bdata))
+		}
+		out = make([]byte, len(x))
+		for i := range out {
+			out[i] = x[i] ^ bdata[i]
+		}
+	case archive.KindLowRank:
+		var f lowrank.Factors
+		parts := []struct {
+			role string
+			dst  *[]byte
+		}{{archive.RoleSigma, &f.Sigma}, {archive.RoleUCodes, &f.UCodes}, {archive.RoleUQParams, &f.UQParams},
+			{archive.RoleVCodes, &f.VCodes}, {archive.RoleVQParams, &f.VQParams}}
+		for _, p := range parts {
+			data, err := blob(p.role)
+			if err != nil {
+				return nil, err
+			}
+			*p.dst = data
+		}
+		dt, err := safetensors.ParseDType(rec.DType)
+		if err != nil || len(rec.Shape) != 2 {
+			return nil, fmt.Errorf("%w: tensor %q: low-rank record with dtype %s shape %v", archive.ErrFormat, rec.Name, rec.DType, rec.Shape)
+		}
+		out = make([]byte, rec.Bytes)
+		if err := lowrank.Apply(out, dt, bdata, bdt, int(rec.Shape[0]), int(rec.Shape[1]), rec.LowRank, &f); err != nil {
+			return nil, fmt.Errorf("tensor %q: %w", rec.Name, err)
+		}
+		return out, nil
+	}
+	if int64(len(out)) != rec.Bytes || (!force && sha256Hex(out) != rec.SHA256) {
+		return nil, fmt.Errorf("%w: tensor %q: reconstructed bytes do not match the recorded SHA-256", archive.ErrChecksum, rec.Name)
+	}
+	return out, nil
+}
+
+// shardWriter writes the output shards one after another, in order; a
+// shard holding no tensors is written as its header alone.
+type shardWriter struct {
+	dir     string
+	m       *archive.Manifest
+	headers [][]byte
+	next    int // index of the next shard to open
+	f       *os.File
+	w       *bufio.Writer
+}
+
+// write appends data to shard si. Shards are written in increasing order.
+func (s *shardWriter) write(si int, data []byte) error {
+	if err := s.advance(si); err != nil {
+		return err
+	}
+	if _, err := s.w.Write(data); err != nil {
+		return fmt.Errorf("write %s: %w", s.f.Name(), err)
+	}
+	return nil
+}
+
+// advance closes finished shards and opens the shards up to si in order.
+func (s *shardWriter) advance(si int) error {
+	for s.next <= si {
+		if err := s.close(); err != nil {
+			return err
+		}
+		if err := s.open(s.next); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// finish writes the remaining shards of n and closes the last.
+func (s *shardWriter) finish(n int) error {
+	if err := s.advance(n - 1); err != nil {
+		return err
+	}
+	return s.close()
+}
+
+func (s *shardWriter) open(si int) error {
+	f, err := os.Create(filepath.Join(s.dir, s.m.Layout.Shards[si].File))
+	if err != nil {
+		return fmt.Errorf("create shard: %w", err)
+	}
+	s.f, s.w, s.next = f, bufio.NewWriterSize(f, 1<<20), si+1
+	if err := stfile.WriteHeader(s.w, s.headers[si]); err != nil {
+		return fmt.Errorf("write %s: %w", f.Name(), err)
+	}
+	return nil
+}
+
+// close flushes, syncs and closes the open shard, if any.
+func (s *shardWriter) close() error {
+	if s.f == nil {
+		return nil
+	}
+	f := s.f
+	s.f = nil
+	err := s.w.Flush()
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", f.Name(), err)
+	}
+	return nil
+}
+
+func writeSideFile(ar *archive.Reader, dir string, f archive.SideFile) error {
+	data, err := ar.Blob(f.Blob)
+	if err != nil {
+		return fmt.Errorf("side file %q: %w", f.Name, err)
+	}
+	if sha256Hex(data) != f.SHA256 {
+		return fmt.Errorf("%w: side file %q: bytes do not match the recorded SHA-256", archive.ErrChecksum, f.Name)
+	}
+	if err := os.WriteFile(filepath.Join(dir, f.Name), data, 0o644); err != nil {
+		return fmt.Errorf("write side file: %w", err)
+	}
+	return nil
+}
