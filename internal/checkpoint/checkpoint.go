@@ -267,6 +267,14 @@ func (c *Checkpoint) Data(name string) ([]byte, error) {
 	return c.shards[t.Shard].Data(name)
 }
 
+// Release drops the named tensor's pages from memory once a caller is done
+// with them (see stfile.File.Release); its bytes stay readable.
+func (c *Checkpoint) Release(name string) {
+	if t, ok := c.tensors[name]; ok {
+		c.shards[t.Shard].Release(name)
+	}
+}
+
 // formatErr is an error that reads as its own text and matches ErrFormat,
 // whose text ("malformed safetensors file") would mislead for an index.
 type formatErr struct{ msg string }

@@ -5,16 +5,20 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/deltacome/deltacome/internal/alloc"
 	"github.com/deltacome/deltacome/internal/engine"
+	"github.com/deltacome/deltacome/internal/linalg"
 )
 
 type compressOptions struct {
 	lossless  bool
+	method    string
 	ratio     float64
 	schedule  string
 	groupSize int
@@ -23,19 +27,24 @@ type compressOptions struct {
 	workers   int
 	quiet     bool
 	json      bool
+	dryRun    bool
+	svd       string
 }
 
 func (o *compressOptions) addFlags(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.BoolVar(&o.lossless, "lossless", false, "store every tensor bit-exact (XOR with the base, zstd): larger, no quality loss")
 	f.Float64Var(&o.ratio, "ratio", 16, "compression ratio of each projection: its stored bytes <= fp16 size / ratio")
+	f.StringVar(&o.method, "method", engine.MethodDeltaCoMe, "how projections are stored: deltacome (quantized singular vectors), bitdelta (1 bit/weight + a scale) or lowrank (bf16 top-r factors); see Trade-offs")
 	f.StringVar(&o.schedule, "schedule", "auto", `bit widths of singular vectors: "auto", "paper", or a list such as "8:2,3:32,2:rest"`)
 	f.IntVar(&o.groupSize, "group-size", 128, "quantization group length along each singular vector")
 	f.StringArrayVar(&o.include, "include", nil, "regexp of tensor names to low-rank compress (repeatable; replaces the default list)")
 	f.StringArrayVar(&o.exclude, "exclude", nil, "regexp of tensor names to store losslessly instead (repeatable)")
-	f.IntVar(&o.workers, "workers", 0, "tensors processed at once (0: one per CPU); the archive is identical whatever the value")
+	f.IntVar(&o.workers, "workers", 0, "tensors processed at once (0: one per CPU, fewer when the largest projection would not fit ~768 MiB per worker); the archive is identical whatever the value")
+	f.StringVar(&o.svd, "svd", "auto", `truncated SVD route: "exact", "randomized" (Halko et al.; faster on large matrices) or "auto" (randomized from a short side of 1536 with OpenBLAS, 512 in pure Go; exact below)`)
 	f.BoolVarP(&o.quiet, "quiet", "q", false, "print nothing but errors")
-	f.BoolVar(&o.json, "json", false, "print a JSON summary on stdout instead of text")
+	f.BoolVar(&o.json, "json", false, "print a JSON summary on stdout instead of text (and no progress)")
+	f.BoolVarP(&o.dryRun, "dry-run", "n", false, "read the checkpoints' headers only, print the plan and the predicted archive size, write nothing (OUT may be omitted)")
 }
 
 func (o *compressOptions) validate() (*engine.CompressOptions, error) {
@@ -44,6 +53,13 @@ func (o *compressOptions) validate() (*engine.CompressOptions, error) {
 	if o.lossless {
 		eo.Mode = engine.ModeLossless
 	}
+	switch {
+	case !slices.Contains(engine.Methods, o.method):
+		return nil, usageError{fmt.Errorf("--method must be one of %s, got %q", strings.Join(engine.Methods, ", "), o.method)}
+	case o.lossless && o.method != engine.MethodDeltaCoMe:
+		return nil, usageError{fmt.Errorf("--method %s compresses projections lossily; it cannot be combined with --lossless", o.method)}
+	}
+	eo.Method = o.method
 	if !(o.ratio >= 1) {
 		return nil, usageError{fmt.Errorf("--ratio must be >= 1, got %v", o.ratio)}
 	}
@@ -58,6 +74,9 @@ func (o *compressOptions) validate() (*engine.CompressOptions, error) {
 		return nil, usageError{fmt.Errorf("--schedule: %w", err)}
 	}
 	eo.Schedule = s
+	if eo.SVD, err = linalg.ParseMethod(o.svd); err != nil {
+		return nil, usageError{fmt.Errorf("--svd: %w", err)}
+	}
 	if eo.Select, err = engine.NewSelector(o.include, o.exclude); err != nil {
 		return nil, usageError{err}
 	}
@@ -94,14 +113,45 @@ Trade-offs:
               paper: the Delta-CoMe paper's 8 bit x 2, 3 bit x 32, 2 bit for
               the rest, fitted to each matrix's budget. A list such as
               8:2,3:32,2:rest fixes the bands yourself.
+  --method    deltacome (default): the above, the smallest error at a given
+              size. lowrank: the top-r singular vectors in bf16, r the
+              largest rank within the --ratio budget, as LoRA extraction
+              tools do; no quantization, so fewer vectors fit and the error
+              is larger. bitdelta: sign(Delta) at 1 bit per weight and one
+              scale, mean |Delta|, per matrix (BitDelta); its size is fixed
+              (about fp16 size / 16) and --ratio, --schedule, --group-size do
+              not apply. On the bundled test pair at ratio 16 the projection
+              error is 0.29 for deltacome, 0.52 for lowrank and 0.65 for
+              bitdelta; "deltacome compare" measures all three on yours.
   --lossless  every tensor bit-exact; typically 1.3-2x smaller than FT.
 
-OUT is written under a temporary name and renamed when complete.` + exitCodesHelp,
+OUT is written under a temporary name and renamed when complete.
+
+Output: one line per tensor on stderr, in the manner of llama-quantize
+(position, name, shape, dtype, how it is stored, bytes before -> after, and
+the relative error of lossy ones), with a progress bar (rate, ETA) below the
+lines when stderr is a terminal; then the totals: original size, archive
+size on disk, measured ratio, error, time. --quiet prints nothing; --json
+prints only a JSON summary on stdout.
+
+--dry-run reads the checkpoints' headers only and prints the plan: which
+tensors would be stored lossily, each one's exact byte budget, and bounds
+for the rest, whose size depends on bytes the plan does not read (a tensor
+equal to its base costs nothing, a changed one what zstd makes of it).` + exitCodesHelp,
 		Example: `  deltacome compress base.safetensors math.safetensors math.dcm
   deltacome compress --ratio 32 --schedule paper meta-llama/Llama-2-7b ./my-ft my-ft.dcm
-  deltacome compress --lossless ./base ./ft ft-exact.dcm`,
-		Args: exactArgs(3),
+  deltacome compress --lossless ./base ./ft ft-exact.dcm
+  deltacome compress --dry-run --ratio 32 ./base ./ft`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if o.dryRun && len(args) == 2 {
+				return nil
+			}
+			return exactArgs(3)(cmd, args)
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if o.dryRun {
+				return runDryRun(o, args[0], args[1], cmd.OutOrStdout())
+			}
 			return runCompress(cmd.Context(), o, args[0], args[1], args[2], cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
@@ -113,6 +163,7 @@ OUT is written under a temporary name and renamed when complete.` + exitCodesHel
 type compressJSON struct {
 	Archive     string  `json:"archive"`
 	Mode        string  `json:"mode"`
+	Method      string  `json:"method,omitempty"`
 	Tensors     int     `json:"tensors"`
 	LowRank     int     `json:"lowrank_tensors"`
 	OrigBytes   int64   `json:"original_bytes"`
@@ -127,7 +178,7 @@ func runCompress(ctx context.Context, o *compressOptions, base, ft, out string, 
 	if err != nil {
 		return err
 	}
-	p := newProgress(stderr, o.quiet || o.json, "compress")
+	p := newProgress(stderr, o.quiet || o.json, "compress", tensorLine)
 	eo.Progress = p
 	start := time.Now()
 	sum, err := engine.Compress(ctx, base, ft, out, *eo)
@@ -135,7 +186,7 @@ func runCompress(ctx context.Context, o *compressOptions, base, ft, out string, 
 	if err != nil {
 		return err
 	}
-	res := compressJSON{Archive: out, Mode: eo.Mode, Tensors: sum.Tensors, LowRank: sum.LowRankTensors,
+	res := compressJSON{Archive: out, Mode: eo.Mode, Method: eo.Method, Tensors: sum.Tensors, LowRank: sum.LowRankTensors,
 		OrigBytes: sum.OrigBytes, ArchiveSize: sum.ArchiveSize, Ratio: float64(sum.OrigBytes) / float64(sum.ArchiveSize),
 		RelError: sum.AggRelError, Seconds: time.Since(start).Seconds()}
 	switch {
@@ -146,7 +197,7 @@ func runCompress(ctx context.Context, o *compressOptions, base, ft, out string, 
 	case o.quiet:
 		return nil
 	}
-	_, err = fmt.Fprintf(stderr, "%s: %d tensors (%d low-rank), %s -> %s (ratio %.2f), projection error %.4f, %.1fs\n",
+	_, err = fmt.Fprintf(stderr, "%s: %d tensors (%d lossy)\n  original size  %s\n  archive size   %s (measured on disk)\n  ratio          %.2f\n  projection err %.4f\n  time           %.1fs\n",
 		out, res.Tensors, res.LowRank, mib(res.OrigBytes), mib(res.ArchiveSize), res.Ratio, res.RelError, res.Seconds)
 	return err
 }

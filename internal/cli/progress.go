@@ -9,29 +9,36 @@ import (
 	"golang.org/x/term"
 
 	"github.com/deltacome/deltacome/internal/engine"
+	"github.com/deltacome/deltacome/pkg/archive"
 )
 
-// progress renders engine progress: a bar with rate and ETA when w is a
-// terminal, one line per tensor otherwise, nothing when quiet.
+// progress renders engine progress on w: one line per tensor (when line is
+// set) and, when w is a terminal, a bar with rate and ETA below them, each
+// line printed above the bar. Nothing at all when quiet.
 type progress struct {
 	w     io.Writer
 	quiet bool
 	tty   bool
 	verb  string
+	line  func(engine.Event) string
 	bar   *progressbar.ProgressBar
 }
 
-func newProgress(w io.Writer, quiet bool, verb string) *progress {
-	p := &progress{w: w, quiet: quiet, verb: verb}
-	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		p.tty = true
-	}
-	return p
+// newProgress returns the progress renderer of a command; line formats the
+// per-tensor lines, nil for none.
+func newProgress(w io.Writer, quiet bool, verb string, line func(engine.Event) string) *progress {
+	return &progress{w: w, quiet: quiet, verb: verb, line: line, tty: isTerminal(w)}
+}
+
+// isTerminal reports whether w is a terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
 }
 
 // Begin implements engine.Progress.
 func (p *progress) Begin(total int, totalBytes int64) {
-	if p.quiet || !p.tty {
+	if p.quiet || !p.tty || totalBytes <= 0 {
 		return
 	}
 	p.bar = progressbar.NewOptions64(totalBytes,
@@ -40,43 +47,61 @@ func (p *progress) Begin(total int, totalBytes int64) {
 		progressbar.OptionShowBytes(true),
 		progressbar.OptionShowCount(),
 		progressbar.OptionSetPredictTime(true),
-		progressbar.OptionThrottle(100_000_000), // 0.1 s between redraws
-		progressbar.OptionClearOnFinish(),
+		progressbar.OptionSetWidth(30),
 	)
+	_ = p.bar.RenderBlank()
 }
 
-// Tensor implements engine.Progress.
+// Tensor implements engine.Progress. The bar is redrawn once per tensor
+// (never throttled), so that a line printed above it is never left without
+// the bar below.
 func (p *progress) Tensor(ev engine.Event) {
-	switch {
-	case p.quiet:
-	case p.bar != nil:
+	if p.quiet {
+		return
+	}
+	if p.line != nil {
+		if p.bar != nil {
+			_ = p.bar.Clear()
+		}
+		fmt.Fprintln(p.w, p.line(ev))
+	}
+	if p.bar != nil {
 		_ = p.bar.Add64(ev.OrigBytes)
-	case p.verb == "reconstruct":
-		fmt.Fprintf(p.w, "[%*d/%d] %s [%s] %s <- %s\n", len(fmt.Sprint(ev.Total)), ev.Index+1, ev.Total, ev.Name, shapeString(ev.Shape), ev.DType, ev.Kind)
-	default:
-		fmt.Fprintln(p.w, tensorLine(ev))
 	}
 }
 
-// tensorLine is the per-tensor line, in the manner of llama-quantize:
+// finish removes the bar, leaving the lines.
+func (p *progress) finish() {
+	if p.bar != nil {
+		_ = p.bar.Exit()
+		_ = p.bar.Clear()
+		p.bar = nil
+	}
+}
+
+// countWidth is the width of the tensor counter of total tensors.
+func countWidth(total int) int { return len(fmt.Sprint(total)) }
+
+// tensorLine is compress's per-tensor line, in the manner of llama-quantize:
 // [ 12/291] name [11008x4096] bf16 -> rank 1462 (8:2 3:32 2:1428) 86.0 MiB -> 5.4 MiB err 0.041
 func tensorLine(ev engine.Event) string {
-	width := len(fmt.Sprint(ev.Total))
-	s := fmt.Sprintf("[%*d/%d] %s [%s] %s -> ", width, ev.Index+1, ev.Total, ev.Name, shapeString(ev.Shape), ev.DType)
-	if ev.Kind == "lowrank" {
+	s := fmt.Sprintf("[%*d/%d] %s [%s] %s -> ", countWidth(ev.Total), ev.Index+1, ev.Total, ev.Name, shapeString(ev.Shape), ev.DType)
+	switch {
+	case ev.Kind == archive.KindLowRank:
 		s += fmt.Sprintf("rank %d (%s) ", ev.Rank, ev.Bands)
-	} else {
+	case ev.Rank > 0:
+		s += fmt.Sprintf("%s rank %d ", ev.Kind, ev.Rank)
+	default:
 		s += ev.Kind + " "
 	}
 	s += fmt.Sprintf("%s -> %s", mib(ev.OrigBytes), mib(ev.StoredBytes))
-	if ev.Kind == "lowrank" {
+	if ev.Kind == archive.KindLowRank || ev.RelError > 0 {
 		s += fmt.Sprintf(" err %.4f", ev.RelError)
 	}
 	return s
 }
 
-func (p *progress) finish() {
-	if p.bar != nil {
-		_ = p.bar.Finish()
-	}
+// reconstructLine is reconstruct's per-tensor line.
+func reconstructLine(ev engine.Event) string {
+	return fmt.Sprintf("[%*d/%d] %s [%s] %s <- %s", countWidth(ev.Total), ev.Index+1, ev.Total, ev.Name, shapeString(ev.Shape), ev.DType, ev.Kind)
 }

@@ -66,7 +66,7 @@ func runReconstruct(ctx context.Context, o *reconstructOptions, base, arch, outD
 	if err := o.validate(); err != nil {
 		return err
 	}
-	p := newProgress(stderr, o.quiet, "reconstruct")
+	p := newProgress(stderr, o.quiet, "reconstruct", reconstructLine)
 	start := time.Now()
 	sum, err := engine.Reconstruct(ctx, base, arch, outDir, engine.ReconstructOptions{Force: o.force, Workers: o.workers, Progress: p})
 	p.finish()

@@ -23,6 +23,7 @@ const (
 	ExitFailure     = 1
 	ExitUsage       = 2
 	ExitBadInput    = 3
+	ExitVerify      = 4
 	ExitInterrupted = 130
 )
 
@@ -30,10 +31,12 @@ const (
 const exitCodesHelp = `
 Exit codes:
   0    success
-  1    failure (I/O error, full disk, output already exists, ...)
-  2    usage error (bad flags or arguments)
+  1    failure (I/O error, full disk, ...)
+  2    usage error (bad flags or arguments, output folder not empty)
   3    bad or corrupt input (malformed checkpoint or archive, checksum
        mismatch, wrong base, shape mismatch, NaN/Inf in a delta)
+  4    verification failed (verify: the reconstruction differs from the
+       fine-tune where it must not, or its error is above --max-error)
   130  interrupted`
 
 // usageError marks errors in flags and arguments.
@@ -50,6 +53,8 @@ func ExitCode(err error) int {
 		return ExitOK
 	case errors.Is(err, context.Canceled):
 		return ExitInterrupted
+	case errors.Is(err, engine.ErrVerify):
+		return ExitVerify
 	case errors.As(err, &ue), errors.Is(err, engine.ErrUsage), errors.Is(err, engine.ErrExists):
 		return ExitUsage
 	case errors.Is(err, engine.ErrInput), errors.Is(err, engine.ErrWrongBase),
@@ -73,6 +78,8 @@ back into full weights that transformers and vLLM load unchanged.
   deltacome compress BASE FT OUT.dcm      make an archive
   deltacome reconstruct BASE OUT.dcm DIR  get the fine-tune back
   deltacome inspect OUT.dcm               see what an archive holds
+  deltacome verify BASE FT OUT.dcm        check an archive against FT
+  deltacome compare BASE FT               Delta-CoMe against BitDelta and low rank
 ` + exitCodesHelp,
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -80,7 +87,10 @@ back into full weights that transformers and vLLM load unchanged.
 	root.SetOut(out)
 	root.SetErr(errOut)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(newCompressCmd(), newReconstructCmd(), newInspectCmd(), newVersionCmd())
+	root.AddCommand(newCompressCmd(), newReconstructCmd(), newInspectCmd(), newVerifyCmd(),
+		newCompareCmd(), newFingerprintCmd(), newVersionCmd(),
+		newSynthCmd(), newGEMMRateCmd()) // the last two hidden: benchmark fixtures and floors
+	documentCompletion(root)
 	return root
 }
 

@@ -17,7 +17,7 @@ import (
 
 	"github.com/deltacome/deltacome/internal/alloc"
 	"github.com/deltacome/deltacome/internal/checkpoint"
-	"github.com/deltacome/deltacome/internal/dtype"
+	"github.com/deltacome/deltacome/internal/linalg"
 	"github.com/deltacome/deltacome/internal/lowrank"
 	"github.com/deltacome/deltacome/pkg/archive"
 )
@@ -35,6 +35,9 @@ const (
 type CompressOptions struct {
 	// Mode is ModeDeltaCoMe or ModeLossless.
 	Mode string
+	// Method is how ModeDeltaCoMe stores the selected projections:
+	// MethodDeltaCoMe (also ""), MethodBitDelta or MethodLowRank.
+	Method string
 	// Ratio is the compression ratio each low-rank tensor must meet: its
 	// stored bytes are at most its fp16 size / Ratio.
 	Ratio float64
@@ -42,6 +45,9 @@ type CompressOptions struct {
 	Schedule alloc.Schedule
 	// GroupSize is the quantization group length along each singular vector.
 	GroupSize int
+	// SVD selects the truncated SVD route of each projection (zero value:
+	// auto, see linalg.Method); recorded as Settings.SVD.
+	SVD linalg.Method
 	// Select picks the tensors to low-rank compress.
 	Select *Selector
 	// Workers bounds the tensors processed at once; < 1 means GOMAXPROCS.
@@ -57,7 +63,8 @@ type Summary struct {
 	Tensors     int
 	OrigBytes   int64 // the fine-tune's tensor bytes
 	ArchiveSize int64 // the archive file's size
-	// LowRank aggregates the low-rank tensors: sqrt(sum err^2 / sum |Delta|^2).
+	// LowRankTensors counts the lossily stored projections (any method);
+	// AggRelError aggregates them: sqrt(sum err^2 / sum |Delta|^2).
 	LowRankTensors int
 	AggRelError    float64
 }
@@ -71,15 +78,11 @@ func Compress(ctx context.Context, basePath, ftPath, outPath string, opt Compres
 	if opt.Progress == nil {
 		opt.Progress = NoProgress{}
 	}
-	base, err := checkpoint.Open(basePath)
+	base, ft, err := openPair(basePath, ftPath)
 	if err != nil {
-		return nil, fmt.Errorf("%w: base: %w", ErrInput, err)
+		return nil, err
 	}
 	defer base.Close()
-	ft, err := checkpoint.Open(ftPath)
-	if err != nil {
-		return nil, fmt.Errorf("%w: fine-tune: %w", ErrInput, err)
-	}
 	defer ft.Close()
 
 	m, err := newManifest(ft, opt)
@@ -92,6 +95,9 @@ func Compress(ctx context.Context, basePath, ftPath, outPath string, opt Compres
 	}
 	defer w.Abort() // no-op after a successful Commit
 
+	if opt.Workers < 1 {
+		opt.Workers = defaultWorkers(ft) // sized from cores and memory (workers.go)
+	}
 	names := ft.Names()
 	var total int64
 	for _, n := range names {
@@ -104,7 +110,12 @@ func Compress(ctx context.Context, basePath, ftPath, outPath string, opt Compres
 	var sum Summary
 	var errSq, normSq float64
 	work := func(ctx context.Context, i int) (*encoded, error) {
-		return encodeTensor(base, ft, names[i], opt)
+		e, err := encodeTensor(base, ft, names[i], opt)
+		// Nothing encoded aliases the inputs: let their pages go, so that
+		// memory does not grow with the bytes read.
+		ft.Release(names[i])
+		base.Release(names[i])
+		return e, err
 	}
 	consume := func(i int, e *encoded) error {
 		for _, b := range e.blobs {
@@ -120,9 +131,14 @@ func Compress(ctx context.Context, basePath, ftPath, outPath string, opt Compres
 		ev := Event{Index: i, Total: len(names), Name: e.rec.Name, Shape: e.rec.Shape, DType: e.rec.DType,
 			Kind: e.rec.Kind, OrigBytes: e.rec.Bytes, StoredBytes: e.rec.StoredBytes()}
 		if lr := e.rec.LowRank; lr != nil {
-			ev.Rank, ev.Bands, ev.RelError = lr.Rank, BandsString(lr.Bands), lr.RelError
-			errSq += (lr.RelError * lr.DeltaNorm) * (lr.RelError * lr.DeltaNorm)
-			normSq += lr.DeltaNorm * lr.DeltaNorm
+			ev.Rank, ev.Bands = lr.Rank, BandsString(lr.Bands)
+		} else if lr := e.rec.LowRankBF16; lr != nil {
+			ev.Rank = lr.Rank
+		}
+		if rel, norm, ok := e.rec.DeltaError(); ok {
+			ev.RelError = rel
+			errSq += (rel * norm) * (rel * norm)
+			normSq += norm * norm
 			sum.LowRankTensors++
 		}
 		sum.OrigBytes += e.rec.Bytes
@@ -157,6 +173,20 @@ func Compress(ctx context.Context, basePath, ftPath, outPath string, opt Compres
 	return &sum, nil
 }
 
+// openPair opens BASE and FT; errors wrap ErrInput and say which failed.
+func openPair(basePath, ftPath string) (base, ft *checkpoint.Checkpoint, err error) {
+	base, err = checkpoint.Open(basePath)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: base: %w", ErrInput, err)
+	}
+	ft, err = checkpoint.Open(ftPath)
+	if err != nil {
+		base.Close()
+		return nil, nil, fmt.Errorf("%w: fine-tune: %w", ErrInput, err)
+	}
+	return base, ft, nil
+}
+
 func (opt *CompressOptions) validate() error {
 	switch opt.Mode {
 	case ModeLossless:
@@ -169,6 +199,9 @@ func (opt *CompressOptions) validate() error {
 		}
 		if opt.Select == nil {
 			return fmt.Errorf("%w: no tensor selector", ErrUsage)
+		}
+		if err := checkMethod(opt.Method); err != nil {
+			return err
 		}
 	default:
 		return fmt.Errorf("%w: unknown mode %q", ErrUsage, opt.Mode)
@@ -195,9 +228,10 @@ func newManifest(ft *checkpoint.Checkpoint, opt CompressOptions) (*archive.Manif
 		m.Settings.Ratio = opt.Ratio
 		m.Settings.Schedule = opt.Schedule.String()
 		m.Settings.GroupSize = opt.GroupSize
-		m.Settings.SVD = "exact"
+		m.Settings.SVD = opt.SVD.String()
 		m.Settings.Include = opt.Select.Include
 		m.Settings.Exclude = opt.Select.Exclude
+		opt.recordMethod(&m.Settings)
 	}
 	for i, sh := range ft.Shards() {
 		m.Layout.Shards = append(m.Layout.Shards, archive.Shard{File: ft.ShardNames()[i], Header: string(sh.Header())})
@@ -245,7 +279,7 @@ func encodeTensor(base, ft *checkpoint.Checkpoint, name string, opt CompressOpti
 	case bt.DType == t.DType && e.baseSHA == e.rec.SHA256 && bytes.Equal(bdata, data):
 		e.rec.Kind = archive.KindSame
 		return e, nil
-	case opt.Mode == ModeDeltaCoMe && len(t.Shape) == 2 && dtype.IsFloat(t.DType) && dtype.IsFloat(bt.DType) && opt.Select.Match(name):
+	case lowRankCandidate(name, t, bt, &opt): // the rule Plan (plan.go) shares
 		return e, e.storeLowRank(data, t.DType, bdata, bt.DType, opt)
 	case bt.DType != t.DType:
 		return e, e.storeFull(data, t.DType)
@@ -270,7 +304,13 @@ func (e *encoded) storeLowRank(data []byte, dt safetensors.DType, bdata []byte, 
 	if err := lowrank.Delta(delta, data, dt, bdata, bdt); err != nil {
 		return fmt.Errorf("%w: tensor %q: %w", ErrInput, e.rec.Name, err)
 	}
-	enc, err := lowrank.Encode(delta, rows, cols, lowrank.Options{Ratio: opt.Ratio, Schedule: opt.Schedule, GroupSize: opt.GroupSize})
+	switch opt.method() {
+	case MethodBitDelta:
+		return e.storeBitDelta(delta)
+	case MethodLowRank:
+		return e.storeLowRankBF16(delta, rows, cols, opt.Ratio)
+	}
+	enc, err := lowrank.Encode(delta, rows, cols, lowrank.Options{Ratio: opt.Ratio, Schedule: opt.Schedule, GroupSize: opt.GroupSize, SVD: opt.SVD})
 	if err != nil {
 		return fmt.Errorf("tensor %q: %w", e.rec.Name, err)
 	}
@@ -317,6 +357,7 @@ func fingerprintBase(ctx context.Context, base *checkpoint.Checkpoint, known map
 				return b, fmt.Errorf("%w: base: %w", ErrInput, err)
 			}
 			h = sha256Hex(data)
+			base.Release(name)
 		}
 		b.Tensors = append(b.Tensors, archive.BaseTensor{Name: name, DType: t.DType.String(), Shape: t.Shape, SHA256: h})
 	}

@@ -21,8 +21,8 @@ type Totals struct {
 	Tensors     int
 	OrigBytes   int64 // fine-tune bytes
 	StoredBytes int64 // bytes of the blobs stored for them
-	// RelError aggregates low-rank tensors: sqrt(sum err^2 / sum |Delta|^2);
-	// 0 when there are none.
+	// RelError aggregates the lossily stored tensors (any method):
+	// sqrt(sum err^2 / sum |Delta|^2); 0 when there are none.
 	RelError float64
 	errSq    float64
 	normSq   float64
@@ -40,10 +40,10 @@ func (t *Totals) add(rec *archive.Tensor) {
 	t.Tensors++
 	t.OrigBytes += rec.Bytes
 	t.StoredBytes += rec.StoredBytes()
-	if lr := rec.LowRank; lr != nil {
-		e := lr.RelError * lr.DeltaNorm
+	if rel, norm, ok := rec.DeltaError(); ok {
+		e := rel * norm
 		t.errSq += e * e
-		t.normSq += lr.DeltaNorm * lr.DeltaNorm
+		t.normSq += norm * norm
 		if t.normSq > 0 {
 			t.RelError = math.Sqrt(t.errSq / t.normSq)
 		}

@@ -9,7 +9,8 @@ type Event struct {
 	DType        string
 	// Kind is the storage kind (pkg/archive Kind* constants).
 	Kind string
-	// Rank and Bands describe a low-rank tensor (Kind "lowrank").
+	// Rank is the rank kept by a low-rank kind ("lowrank", "lowrank-bf16");
+	// Bands the bit bands of kind "lowrank".
 	Rank  int
 	Bands string
 	// OrigBytes is the tensor's size in the checkpoint, StoredBytes what the

@@ -94,6 +94,7 @@ func Reconstruct(ctx context.Context, basePath, archivePath, outDir string, opt 
 		if err := sw.write(items[i].shard, data); err != nil {
 			return err
 		}
+		base.Release(items[i].rec.Name) // data may alias it (kind same)
 		sum.Bytes += int64(len(data))
 		rec := items[i].rec
 		opt.Progress.Tensor(Event{Index: i, Total: len(items), Name: rec.Name, Shape: rec.Shape, DType: rec.DType,
@@ -276,6 +277,8 @@ func decodeTensor(ar *archive.Reader, base *checkpoint.Checkpoint, rec *archive.
 		for i := range out {
 			out[i] = x[i] ^ bdata[i]
 		}
+	case archive.KindBitDelta, archive.KindLowRankBF16:
+		return decodeBaseline(rec, bdata, bdt, blob)
 	case archive.KindLowRank:
 		var f lowrank.Factors
 		parts := []struct {

@@ -1,16 +1,32 @@
 // Package linalg owns the linear algebra of delta compression: the truncated
 // singular value decomposition Delta ≈ U diag(S) Vᵀ of one weight delta
-// (Delta-CoMe, arXiv 2406.08903, step 2 of the method).
+// (Delta-CoMe, arXiv 2406.08903, step 2 of the method), the matrix products
+// of reconstruction, and the choice of BLAS/LAPACK backend.
 //
 // Inputs are float32 matrices in row-major order, as they come out of a
-// checkpoint; the arithmetic runs in float64 and the factors are returned as
-// float32. The result layout puts each singular vector in one contiguous
-// slice, because the quantizer works on one vector at a time.
+// checkpoint; the factors are returned as float32. The result layout puts
+// each singular vector in one contiguous slice, because the quantizer works
+// on one vector at a time.
 //
-// Every route returns the same sign convention (the largest-magnitude entry
-// of each left singular vector is positive), so outputs are reproducible
-// whichever route or backend computed them. Exact is the pure-Go route built
-// on gonum; a randomized route (Halko, Martinsson and Tropp, 2011) and an
-// OpenBLAS/LAPACK backend are meant to sit beside it with the same signature
-// and the same result type.
+// Two routes share one result type and sign convention (the
+// largest-magnitude entry of each left singular vector is positive): Exact,
+// the eigendecomposition of the smaller Gram matrix in float64, and
+// Randomized (Halko, Martinsson and Tropp, 2011), whose passes over the
+// matrix run as float32 products and whose small problems run in float64.
+// Truncated picks one by Method.
+//
+// # Backends
+//
+// The default build uses gonum's pure-Go BLAS and LAPACK (Backend says
+// which). Built with -tags openblas, the same code calls OpenBLAS and LAPACKE
+// through cgo (gonum.org/v1/netlib; Debian packages libopenblas-dev and
+// liblapacke-dev): products 5-10 times faster, and the symmetric
+// eigenproblem by LAPACK's dsyevr, which computes only the pairs asked for.
+// gonum's pure-Go products with a transposed operand are slow, so on that
+// backend transposes are copied out first (see gemm32).
+//
+// Results are deterministic for a given build: the randomized route's test
+// matrix comes from a seeded PCG and every parallel loop writes disjoint
+// outputs. Between backends the products sum in different orders, so factors
+// may differ in their last bits.
 package linalg

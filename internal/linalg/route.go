@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 
+	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/mat"
 )
 
@@ -37,42 +38,35 @@ func gram(a []float32, rows, cols, rank int) (*SVD, error) {
 	// its rows are what the Gram matrix pairs up. One float64 copy serves
 	// both products below.
 	tallA := cols <= rows
-	small := min(rows, cols)
-	var x *mat.Dense
+	small, big := min(rows, cols), max(rows, cols)
+	var x []float64
 	if tallA {
-		x = transpose(a, rows, cols)
+		x = transpose64From32(a, rows, cols)
 	} else {
-		x = toDense(a, rows, cols)
-	}
-	g := mat.NewDense(small, small, nil)
-	g.Mul(x, x.T()) // AᵀA or AAᵀ; Dgemm reads x.T() as a transposed operand
-	// Dgemm leaves g symmetric only to rounding; NewSymDense reads the upper
-	// triangle, which is what a symmetric product would have produced.
-	var eig mat.EigenSym
-	if ok := eig.Factorize(mat.NewSymDense(small, g.RawMatrix().Data), true); !ok {
-		return nil, fmt.Errorf("%w: symmetric eigensolver, %d x %d Gram matrix", ErrNoConvergence, small, small)
-	}
-	var q mat.Dense
-	eig.VectorsTo(&q) // columns are eigenvectors, eigenvalues ascending
-	// qk holds the top-rank eigenvectors as rows (rank x small), largest first.
-	qk := mat.NewDense(rank, small, nil)
-	for j := range rank {
-		col := small - 1 - j
-		for i := range small {
-			qk.Set(j, i, q.At(i, col))
+		x = make([]float64, len(a))
+		for i, v := range a {
+			x[i] = float64(v)
 		}
 	}
-	// The other factor, one vector per row: row j of Qkᵀ·x is (A v_j)ᵀ when
-	// Q holds right vectors (x = Aᵀ) and (Aᵀ u_j)ᵀ when it holds left ones.
-	var p mat.Dense
-	p.Mul(qk, x)
+	g := make([]float64, small*small)
+	blas64Impl.Dsyrk(blas.Upper, blas.NoTrans, small, big, 1, x, big, 0, g, small) // AᵀA or AAᵀ
+	w := make([]float64, rank)
+	z := make([]float64, small*rank) // top eigenvectors as columns, largest first
+	if !symEigTop(small, rank, g, w, z) {
+		return nil, fmt.Errorf("%w: symmetric eigensolver, %d x %d Gram matrix", ErrNoConvergence, small, small)
+	}
+	// The other factor, one vector per row: row j of Zᵀ·x is (A v_j)ᵀ when
+	// Z holds right vectors (x = Aᵀ) and (Aᵀ u_j)ᵀ when it holds left ones.
+	p := make([]float64, rank*big)
+	gemm64(blas.Trans, blas.NoTrans, rank, big, small, z, rank, x, big, p, big)
+	zt := transpose(z, small, rank, rank) // rank x small: one known vector per row
 	t := triplets{u: make([][]float64, rank), v: make([][]float64, rank), s: make([]float64, rank)}
 	s0 := 0.0
 	for j := range rank {
-		other := p.RawRowView(j)
+		other := p[j*big : (j+1)*big]
 		t.s[j] = normalize(other)
 		s0 = math.Max(s0, t.s[j])
-		known := qk.RawRowView(j)
+		known := zt[j*small : (j+1)*small]
 		if tallA {
 			t.u[j], t.v[j] = other, known
 		} else {
@@ -80,6 +74,22 @@ func gram(a []float32, rows, cols, rank int) (*SVD, error) {
 		}
 	}
 	return finish(t, rows, cols, zeroTol(rows, cols, s0)), nil
+}
+
+// transpose64From32 returns the cols x rows float64 transpose of the
+// row-major float32 rows x cols matrix a.
+func transpose64From32(a []float32, rows, cols int) []float64 {
+	out := make([]float64, rows*cols)
+	for i0 := 0; i0 < rows; i0 += transposeTile {
+		for j0 := 0; j0 < cols; j0 += transposeTile {
+			for i := i0; i < min(i0+transposeTile, rows); i++ {
+				for j := j0; j < min(j0+transposeTile, cols); j++ {
+					out[j*rows+i] = float64(a[i*cols+j])
+				}
+			}
+		}
+	}
+	return out
 }
 
 // bidiag computes the truncated SVD with gonum's mat.SVD (Golub–Kahan

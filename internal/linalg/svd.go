@@ -122,24 +122,6 @@ func toDense(a []float32, rows, cols int) *mat.Dense {
 	return mat.NewDense(rows, cols, data)
 }
 
-// transpose returns the cols x rows transpose of the row-major rows x cols
-// matrix a as a new mat.Dense. An explicit copy feeds gonum's Dgemm far faster
-// than a .T() view (see METHOD.md: ~2.7 vs ~13 GFLOP/s).
-func transpose(a []float32, rows, cols int) *mat.Dense {
-	data := make([]float64, len(a))
-	const tile = 64 // cache blocking for the strided side of the copy
-	for i0 := 0; i0 < rows; i0 += tile {
-		for j0 := 0; j0 < cols; j0 += tile {
-			for i := i0; i < min(i0+tile, rows); i++ {
-				for j := j0; j < min(j0+tile, cols); j++ {
-					data[j*rows+i] = float64(a[i*cols+j])
-				}
-			}
-		}
-	}
-	return mat.NewDense(cols, rows, data)
-}
-
 // triplets collects float64 singular triplets before they are rounded to the
 // result type: u[j] and v[j] are the vectors of pair j, s[j] its value.
 type triplets struct {
@@ -225,4 +207,64 @@ func normalize(x []float64) float64 {
 		x[i] /= norm
 	}
 	return norm
+}
+
+// finish32 is finish for float32 factors already laid out as SVD wants them:
+// u holds len(s) left vectors of rows entries back to back, v as many right
+// vectors of cols entries. It orders by non-increasing s (stable), drops the
+// values not above zeroTol and applies the sign convention, reusing u and v
+// when no reordering is needed.
+func finish32(u, v []float32, s []float64, rows, cols int, zeroTol float64) *SVD {
+	idx := make([]int, len(s))
+	for j := range idx {
+		idx[j] = j
+	}
+	slices.SortStableFunc(idx, func(x, y int) int {
+		switch {
+		case s[x] > s[y]:
+			return -1
+		case s[x] < s[y]:
+			return 1
+		}
+		return 0
+	})
+	k := 0
+	for k < len(idx) && s[idx[k]] > zeroTol {
+		k++
+	}
+	d := &SVD{Rows: rows, Cols: cols, Rank: k, S: make([]float32, k)}
+	if slices.IsSorted(idx[:k]) { // identity order: keep the buffers
+		d.U, d.V = u[:k*rows:k*rows], v[:k*cols:k*cols]
+	} else {
+		d.U, d.V = make([]float32, k*rows), make([]float32, k*cols)
+		for j, src := range idx[:k] {
+			copy(d.U[j*rows:(j+1)*rows], u[src*rows:(src+1)*rows])
+			copy(d.V[j*cols:(j+1)*cols], v[src*cols:(src+1)*cols])
+		}
+	}
+	for j, src := range idx[:k] {
+		d.S[j] = float32(s[src])
+		uj, vj := d.LeftVec(j), d.RightVec(j)
+		if uj[argMaxAbs32(uj)] < 0 {
+			for i := range uj {
+				uj[i] = -uj[i]
+			}
+			for i := range vj {
+				vj[i] = -vj[i]
+			}
+		}
+	}
+	return d
+}
+
+// argMaxAbs32 returns the index of the first entry of x with the largest
+// magnitude; x must not be empty.
+func argMaxAbs32(x []float32) int {
+	best, bestAbs := 0, math.Abs(float64(x[0]))
+	for i, v := range x[1:] {
+		if a := math.Abs(float64(v)); a > bestAbs {
+			best, bestAbs = i+1, a
+		}
+	}
+	return best
 }

@@ -148,15 +148,6 @@ func TestDecompositionProperties(t *testing.T) {
 	}
 }
 
-// argMaxAbs32 is argMaxAbs for float32 vectors.
-func argMaxAbs32(x []float32) int {
-	y := make([]float64, len(x))
-	for i, v := range x {
-		y[i] = float64(v)
-	}
-	return argMaxAbs(y)
-}
-
 // assertOrthonormal checks that the k contiguous vectors of length n in f are
 // orthonormal.
 func assertOrthonormal(t *testing.T, f []float32, n, k int, name string) {

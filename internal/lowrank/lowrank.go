@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
 
 	"github.com/nlpodyssey/safetensors"
-	"gonum.org/v1/gonum/blas"
-	"gonum.org/v1/gonum/blas/blas32"
 
 	"github.com/deltacome/deltacome/internal/alloc"
 	"github.com/deltacome/deltacome/internal/dtype"
@@ -29,6 +31,13 @@ type Options struct {
 	Schedule alloc.Schedule
 	// GroupSize is the quantization group length along a vector.
 	GroupSize int
+	// SVD selects the truncated SVD route (the zero value is auto: see
+	// linalg.Method).
+	SVD linalg.Method
+	// Workers bounds the goroutines measuring and quantizing singular
+	// vectors of this one matrix; < 1 means GOMAXPROCS. The result does not
+	// depend on it.
+	Workers int
 }
 
 // Factors are the stored blobs of a low-rank tensor, as raw little-endian
@@ -100,12 +109,12 @@ func Encode(delta []float32, rows, cols int, opt Options) (*Encoded, error) {
 	if normSq == 0 {
 		return e, nil
 	}
-	rmax := maxRank(rows, cols, g, budget)
-	if rmax == 0 {
+	rank := SVDRank(rows, cols, g, budget)
+	if rank == 0 {
 		e.Record.RelError = 1
 		return e, nil
 	}
-	svd, err := linalg.Exact(delta, rows, cols, rmax)
+	svd, err := linalg.Truncated(delta, rows, cols, rank, opt.SVD)
 	if err != nil {
 		return nil, fmt.Errorf("svd: %w", err)
 	}
@@ -113,7 +122,7 @@ func Encode(delta []float32, rows, cols int, opt Options) (*Encoded, error) {
 	for i := range sigma {
 		sigma[i] = float64(svd.S[i])
 	}
-	m := newMeasurer(svd, g)
+	m := newMeasurer(svd, g, opt.Workers)
 	plan := opt.Schedule.Plan(alloc.Problem{Rows: rows, Cols: cols, GroupSize: g, Budget: budget, Sigma: sigma, Err: m.err})
 	if plan.Bytes > budget {
 		panic(fmt.Sprintf("lowrank: plan of %d bytes over budget %d", plan.Bytes, budget))
@@ -127,31 +136,45 @@ func Encode(delta []float32, rows, cols int, opt Options) (*Encoded, error) {
 	}
 	e.Record.EnergyKept = kept / normSq
 
-	hat, err := e.Factors.Product(rows, cols, &e.Record)
+	errSq, err := residualSq(delta, rows, cols, &e.Factors, &e.Record)
 	if err != nil {
 		panic(fmt.Sprintf("lowrank: decoding what was just encoded: %v", err))
-	}
-	var errSq float64
-	for i, d := range delta {
-		r := float64(d - hat[i])
-		errSq += r * r
 	}
 	e.Record.RelError = math.Sqrt(errSq / normSq)
 	return e, nil
 }
 
-// maxRank is the number of vectors the budget could hold at the narrowest
-// width, 1 bit: no schedule can keep more.
-func maxRank(rows, cols, g int, budget int64) int {
+// SVDRank is the number of singular triplets Encode computes for a rows x
+// cols matrix with group size g and a budget of budget bytes: the number of
+// vectors the budget holds at 2 bits each (at most min(rows, cols)).
+//
+// A plan keeps more pairs than that only by giving some 1 bit, whose
+// measured error rarely pays for its bytes: on the tiny-llama pair at ratios
+// 8-32 every plan kept at most 75% of this rank. Asking for no more than the
+// plans use matters at scale, where the SVD's cost grows with the rank: the
+// budget holds twice as many 1-bit vectors.
+func SVDRank(rows, cols, g int, budget int64) int {
 	limit := min(rows, cols)
-	bits := make([]int, 0, limit)
-	for len(bits) < limit {
-		bits = append(bits, 1)
-		if alloc.Cost(rows, cols, g, bits) > budget {
-			return len(bits) - 1
+	// Cost is linear in the number of pairs at a fixed width: bisect on it.
+	lo, hi := 0, limit // Cost(lo pairs) <= budget; find the largest such lo
+	for lo < hi {
+		mid := (lo + hi + 1) / 2
+		if alloc.Cost(rows, cols, g, twoBits(mid)) <= budget {
+			lo = mid
+		} else {
+			hi = mid - 1
 		}
 	}
-	return limit
+	return lo
+}
+
+// twoBits returns n widths of 2 bits.
+func twoBits(n int) []int {
+	bits := make([]int, n)
+	for i := range bits {
+		bits[i] = 2
+	}
+	return bits
 }
 
 // bands run-length encodes a non-increasing width list.
@@ -167,86 +190,245 @@ func bands(bits []int) []archive.Band {
 	return out
 }
 
-// measurer quantizes singular vectors and measures the error of each pair
-// at each width, memoized: the allocator asks for many (vector, width) pairs.
+// Measurement sampling. The allocator needs the error of every pair at every
+// width, and quantizing every singular vector at every width with clip
+// search dominated the compression of 7B-sized matrices (thousands of pairs
+// of 15k entries). The normalised error Err(i, b)/s_i² of a pair depends only
+// on the shape of its vectors' entry distributions, which varies slowly with
+// i past the first pairs: so the first measureAll pairs are measured
+// exactly, then about measureSampled more spread evenly up to the last pair
+// (always measured), and the normalised errors of the pairs between are
+// interpolated linearly. Matrices with at most measureAll+measureSampled
+// pairs, every matrix of the tiny-llama pair included, are measured
+// exactly. The error recorded for the archive is always measured on the
+// decoded result.
+const (
+	measureAll     = 64
+	measureSampled = 192
+)
+
+// measurer holds the measured error of each pair at each width, filled one
+// width at a time on first use.
 type measurer struct {
-	svd  *linalg.SVD
-	opt  quant.Options
-	memo map[[2]int]float64
+	svd     *linalg.SVD
+	opt     quant.Options
+	workers int
+	rel     [quant.MaxBits + 1][]float64 // rel[b][i] = Err(i, b) / s_i²
 }
 
-func newMeasurer(svd *linalg.SVD, g int) *measurer {
-	return &measurer{svd: svd, opt: quant.Options{GroupSize: g, ClipSearch: true}, memo: make(map[[2]int]float64)}
+func newMeasurer(svd *linalg.SVD, g, workers int) *measurer {
+	if workers < 1 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	return &measurer{svd: svd, opt: quant.Options{GroupSize: g, ClipSearch: true}, workers: workers}
 }
 
 // err returns |s (u v^T - u_q v_q^T)|_F^2 for pair i at width bits. With unit
 // u and v this is s^2 (1 - 2 (u.u_q)(v.v_q) + |u_q|^2 |v_q|^2), exact, with
-// no rows x cols product.
+// no rows x cols product (interpolated between measured pairs, see
+// measureAll).
 func (m *measurer) err(i, bits int) float64 {
 	s := float64(m.svd.S[i])
 	if bits == 0 {
 		return s * s
 	}
-	if v, ok := m.memo[[2]int{i, bits}]; ok {
-		return v
+	if m.rel[bits] == nil {
+		m.rel[bits] = m.measureWidth(bits)
 	}
-	u, v := m.vectors(i)
-	uq, vq := m.roundTrip(u, bits), m.roundTrip(v, bits)
-	e := s * s * (1 - 2*dot(u, uq)*dot(v, vq) + dot(uq, uq)*dot(vq, vq))
-	e = max(e, 0) // rounding can dip a hair below 0 for near-exact 8-bit codes
-	m.memo[[2]int{i, bits}] = e
-	return e
+	return s * s * m.rel[bits][i]
 }
 
-func (m *measurer) vectors(i int) (u, v []float32) {
-	r, c := m.svd.Rows, m.svd.Cols
-	return m.svd.U[i*r : (i+1)*r], m.svd.V[i*c : (i+1)*c]
+// sampled returns the pairs measured exactly, increasing, among r.
+func sampled(r int) []int {
+	if r <= measureAll+measureSampled {
+		idx := make([]int, r)
+		for i := range idx {
+			idx[i] = i
+		}
+		return idx
+	}
+	idx := make([]int, 0, measureAll+measureSampled+1)
+	for i := range measureAll {
+		idx = append(idx, i)
+	}
+	span := r - 1 - measureAll // pairs measureAll .. r-1, both ends included
+	for j := range measureSampled + 1 {
+		i := measureAll + j*span/measureSampled
+		if i > idx[len(idx)-1] {
+			idx = append(idx, i)
+		}
+	}
+	return idx
 }
 
-func (m *measurer) roundTrip(x []float32, bits int) []float32 {
-	ng := quant.NumGroups(len(x), m.opt.GroupSize)
-	codes := make([]uint8, len(x))
-	scales, mins := make([]uint16, ng), make([]uint16, ng)
-	quant.Quantize(x, bits, m.opt, codes, scales, mins)
-	out := make([]float32, len(x))
-	quant.Dequantize(out, codes, scales, mins, bits, m.opt.GroupSize)
+// measureWidth returns the normalised error of every pair at width bits:
+// measured at the sampled pairs, in parallel, interpolated between them.
+func (m *measurer) measureWidth(bits int) []float64 {
+	r := m.svd.Rank
+	idx := sampled(r)
+	got := make([]float64, len(idx))
+	m.parallel(len(idx), func(w *roundTripper, j int) {
+		u, v := m.vectors(idx[j])
+		uq, vq := w.roundTrip(u, bits, m.opt, 0), w.roundTrip(v, bits, m.opt, 1)
+		e := 1 - 2*dot(u, uq)*dot(v, vq) + dot(uq, uq)*dot(vq, vq)
+		got[j] = max(e, 0) // rounding can dip a hair below 0 for near-exact 8-bit codes
+	})
+	rel := make([]float64, r)
+	for j, i := range idx {
+		rel[i] = got[j]
+		if j == 0 {
+			continue
+		}
+		prev := idx[j-1]
+		for k := prev + 1; k < i; k++ {
+			t := float64(k-prev) / float64(i-prev)
+			rel[k] = (1-t)*got[j-1] + t*got[j]
+		}
+	}
+	return rel
+}
+
+// parallel calls fn(w, j) for j in [0, n) on up to m.workers goroutines,
+// each with its own scratch buffers. Items are independent, so the results
+// do not depend on the schedule.
+func (m *measurer) parallel(n int, fn func(w *roundTripper, j int)) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(m.workers, n) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var w roundTripper
+			for j := int(next.Add(1) - 1); j < n; j = int(next.Add(1) - 1) {
+				fn(&w, j)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// roundTripper holds one goroutine's quantization scratch buffers: slot 0
+// for left vectors, slot 1 for right ones.
+type roundTripper struct {
+	codes        [2][]uint8
+	scales, mins [2][]uint16
+	out          [2][]float32
+}
+
+// roundTrip quantizes x at bits and returns the dequantized vector, in the
+// slot's buffer (valid until the slot is used again).
+func (w *roundTripper) roundTrip(x []float32, bits int, opt quant.Options, slot int) []float32 {
+	codes, scales, mins := w.quantize(x, bits, opt, slot)
+	out := grow(&w.out[slot], len(x))
+	quant.Dequantize(out, codes, scales, mins, bits, opt.GroupSize)
 	return out
 }
 
-// encode quantizes the kept vectors at their widths into Factors.
+// quantize quantizes x at bits into the slot's buffers.
+func (w *roundTripper) quantize(x []float32, bits int, opt quant.Options, slot int) ([]uint8, []uint16, []uint16) {
+	ng := quant.NumGroups(len(x), opt.GroupSize)
+	codes := grow(&w.codes[slot], len(x))
+	scales, mins := grow(&w.scales[slot], ng), grow(&w.mins[slot], ng)
+	quant.Quantize(x, bits, opt, codes, scales, mins)
+	return codes, scales, mins
+}
+
+// grow returns (*buf)[:n], reallocating when the capacity is short.
+func grow[T any](buf *[]T, n int) []T {
+	if cap(*buf) < n {
+		*buf = make([]T, n)
+	}
+	return (*buf)[:n]
+}
+
+func (m *measurer) vectors(i int) (u, v []float32) {
+	return m.svd.LeftVec(i), m.svd.RightVec(i)
+}
+
+// quantized is one vector's codes and packed quantization parameters.
+type quantized struct {
+	codes []uint8
+	qp    []byte
+}
+
+// encode quantizes the kept vectors at their widths into Factors: the
+// vectors in parallel, the streams assembled in order.
 func (m *measurer) encode(bits []int) Factors {
+	us, vs := make([]quantized, len(bits)), make([]quantized, len(bits))
+	m.parallel(len(bits), func(w *roundTripper, i int) {
+		u, v := m.vectors(i)
+		us[i] = w.quantized(u, bits[i], m.opt)
+		vs[i] = w.quantized(v, bits[i], m.opt)
+	})
 	var f Factors
 	var uw, vw quant.BitWriter
 	for i, b := range bits {
-		u, v := m.vectors(i)
-		f.UQParams = m.quantize(&uw, f.UQParams, u, b)
-		f.VQParams = m.quantize(&vw, f.VQParams, v, b)
+		uw.WriteCodes(us[i].codes, b)
+		vw.WriteCodes(vs[i].codes, b)
+		f.UQParams = append(f.UQParams, us[i].qp...)
+		f.VQParams = append(f.VQParams, vs[i].qp...)
 		f.Sigma = binary.LittleEndian.AppendUint32(f.Sigma, math.Float32bits(m.svd.S[i]))
 	}
 	f.UCodes, f.VCodes = uw.Bytes(), vw.Bytes()
 	return f
 }
 
-func (m *measurer) quantize(w *quant.BitWriter, qp []byte, x []float32, bits int) []byte {
-	ng := quant.NumGroups(len(x), m.opt.GroupSize)
-	codes := make([]uint8, len(x))
-	scales, mins := make([]uint16, ng), make([]uint16, ng)
-	quant.Quantize(x, bits, m.opt, codes, scales, mins)
-	w.WriteCodes(codes, bits)
+// quantized quantizes x at bits into a new quantized value.
+func (w *roundTripper) quantized(x []float32, bits int, opt quant.Options) quantized {
+	codes, scales, mins := w.quantize(x, bits, opt, 0)
+	q := quantized{codes: slices.Clone(codes), qp: make([]byte, 0, 4*len(scales))}
 	for j := range scales {
-		qp = binary.LittleEndian.AppendUint16(qp, scales[j])
-		qp = binary.LittleEndian.AppendUint16(qp, mins[j])
+		q.qp = binary.LittleEndian.AppendUint16(q.qp, scales[j])
+		q.qp = binary.LittleEndian.AppendUint16(q.qp, mins[j])
 	}
-	return qp
+	return q
+}
+
+// residualRows is the number of rows of Delta_hat formed at a time when
+// measuring the residual, so that no rows x cols copy is needed.
+const residualRows = 256
+
+// residualSq returns |delta - Delta_hat|_F^2 for the factors f, decoded as
+// reconstruct decodes them, forming Delta_hat a block of rows at a time.
+func residualSq(delta []float32, rows, cols int, f *Factors, rec *archive.LowRank) (float64, error) {
+	us, vt, err := f.decode(rows, cols, rec)
+	if err != nil {
+		return 0, err
+	}
+	r := rec.Rank
+	blk := make([]float32, min(residualRows, rows)*cols)
+	var sum float64
+	for r0 := 0; r0 < rows; r0 += residualRows {
+		r1 := min(r0+residualRows, rows)
+		hat := blk[:(r1-r0)*cols]
+		linalg.Mul(hat, us[r0*r:r1*r], vt, r1-r0, r, cols)
+		for i, d := range delta[r0*cols : r1*cols] {
+			x := float64(d - hat[i])
+			sum += x * x
+		}
+	}
+	return sum, nil
 }
 
 // Product decodes f and returns Delta_hat = U_q diag(sigma) V_q^T, row-major
 // rows x cols. It checks every blob's length against rec (errors wrap
 // archive.ErrFormat) and that sigma is finite.
 func (f *Factors) Product(rows, cols int, rec *archive.LowRank) ([]float32, error) {
+	us, vt, err := f.decode(rows, cols, rec)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]float32, rows*cols)
+	linalg.Mul(out, us, vt, rows, rec.Rank, cols)
+	return out, nil
+}
+
+// decode checks f against rec and returns U_q diag(sigma) (row-major
+// rows x rank) and V_q^T (row-major rank x cols).
+func (f *Factors) decode(rows, cols int, rec *archive.LowRank) (us, vt []float32, err error) {
 	r, g := rec.Rank, rec.GroupSize
 	if r > min(rows, cols) {
-		return nil, fmt.Errorf("%w: rank %d exceeds %dx%d", archive.ErrFormat, r, rows, cols)
+		return nil, nil, fmt.Errorf("%w: rank %d exceeds %dx%d", archive.ErrFormat, r, rows, cols)
 	}
 	var totalBits int
 	for _, b := range rec.Bands {
@@ -255,16 +437,16 @@ func (f *Factors) Product(rows, cols int, rec *archive.LowRank) ([]float32, erro
 	nqu, nqv := quant.NumGroups(rows, g)*r*4, quant.NumGroups(cols, g)*r*4
 	switch {
 	case len(f.Sigma) != 4*r:
-		return nil, fmt.Errorf("%w: sigma has %d bytes, want %d", archive.ErrFormat, len(f.Sigma), 4*r)
+		return nil, nil, fmt.Errorf("%w: sigma has %d bytes, want %d", archive.ErrFormat, len(f.Sigma), 4*r)
 	case len(f.UCodes) != packedLen(rows, totalBits) || len(f.VCodes) != packedLen(cols, totalBits):
-		return nil, fmt.Errorf("%w: code blobs have %d and %d bytes, want %d and %d", archive.ErrFormat,
+		return nil, nil, fmt.Errorf("%w: code blobs have %d and %d bytes, want %d and %d", archive.ErrFormat,
 			len(f.UCodes), len(f.VCodes), packedLen(rows, totalBits), packedLen(cols, totalBits))
 	case len(f.UQParams) != nqu || len(f.VQParams) != nqv:
-		return nil, fmt.Errorf("%w: qparam blobs have %d and %d bytes, want %d and %d", archive.ErrFormat,
+		return nil, nil, fmt.Errorf("%w: qparam blobs have %d and %d bytes, want %d and %d", archive.ErrFormat,
 			len(f.UQParams), len(f.VQParams), nqu, nqv)
 	}
-	us := make([]float32, rows*r) // row-major rows x r: U_q diag(sigma)
-	vt := make([]float32, r*cols) // row-major r x cols: V_q^T
+	us = make([]float32, rows*r) // row-major rows x r: U_q diag(sigma)
+	vt = make([]float32, r*cols) // row-major r x cols: V_q^T
 	var ur, vr quant.BitReader
 	ur.Reset(f.UCodes)
 	vr.Reset(f.VCodes)
@@ -275,30 +457,21 @@ func (f *Factors) Product(rows, cols int, rec *archive.LowRank) ([]float32, erro
 		for k := 0; k < band.Count; k++ {
 			s := math.Float32frombits(binary.LittleEndian.Uint32(f.Sigma[4*j:]))
 			if s-s != 0 {
-				return nil, fmt.Errorf("%w: singular value %d is %v", archive.ErrFormat, j, s)
+				return nil, nil, fmt.Errorf("%w: singular value %d is %v", archive.ErrFormat, j, s)
 			}
-			var err error
 			if uqp, err = decodeVector(u, &ur, uqp, band.Bits, g); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			for i, x := range u {
 				us[i*r+j] = x * s
 			}
 			if vqp, err = decodeVector(vt[j*cols:(j+1)*cols], &vr, vqp, band.Bits, g); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			j++
 		}
 	}
-	out := make([]float32, rows*cols)
-	if r == 0 {
-		return out, nil
-	}
-	blas32.Gemm(blas.NoTrans, blas.NoTrans, 1,
-		blas32.General{Rows: rows, Cols: r, Stride: r, Data: us},
-		blas32.General{Rows: r, Cols: cols, Stride: cols, Data: vt},
-		0, blas32.General{Rows: rows, Cols: cols, Stride: cols, Data: out})
-	return out, nil
+	return us, vt, nil
 }
 
 // packedLen is the byte length of a code stream of vectors of n elements
@@ -331,7 +504,7 @@ func Apply(dst []byte, dt safetensors.DType, base []byte, baseDT safetensors.DTy
 	if rec == nil {
 		return fmt.Errorf("%w: low-rank record missing", archive.ErrFormat)
 	}
-	hat, err := f.Product(rows, cols, rec)
+	us, vt, err := f.decode(rows, cols, rec)
 	if err != nil {
 		return err
 	}
@@ -339,9 +512,7 @@ func Apply(dst []byte, dt safetensors.DType, base []byte, baseDT safetensors.DTy
 	if err := dtype.Decode(w, base, baseDT); err != nil {
 		return fmt.Errorf("base: %w", err)
 	}
-	for i := range w {
-		w[i] += hat[i]
-	}
+	linalg.MulAdd(w, us, vt, rows, rec.Rank, cols)
 	return dtype.Encode(dst, w, dt)
 }
 
@@ -359,4 +530,14 @@ func dot(a, b []float32) float64 {
 		s += float64(a[i]) * float64(b[i])
 	}
 	return s
+}
+
+// WorkingSetBytes estimates the peak memory Encode and its SVD use for one
+// rows x cols delta, besides the delta itself: the randomized route's
+// short-side Gram matrix and sketch bases (float32, with one float64 copy of
+// a basis), the projected matrix and its eigenvectors, the float32 factors
+// and the quantized codes: under 300 MB for 4096 x 11008 at ratio 16,
+// counted as 8 bytes per element of the matrix for the allocator's slack.
+func WorkingSetBytes(rows, cols int) int64 {
+	return 8 * int64(rows) * int64(cols)
 }

@@ -86,6 +86,9 @@ func DecodeBlob(b Blob, stored []byte) ([]byte, error) {
 		}
 		return stored, nil
 	case CodecZstd:
+		if b.RawSize > b.Size*maxZstdRatio {
+			return nil, fmt.Errorf("%w: blob %q: raw size %d is beyond what %d zstd bytes can hold", ErrFormat, b.Tensor, b.RawSize, b.Size)
+		}
 		out, err := decoder().DecodeAll(stored, make([]byte, 0, b.RawSize))
 		if err != nil {
 			return nil, fmt.Errorf("%w: blob %q: zstd: %v", ErrFormat, b.Tensor, err)
@@ -111,6 +114,12 @@ func DecodeBlob(b Blob, stored []byte) ([]byte, error) {
 // any single tensor of released models), so a corrupt size cannot make the
 // reader allocate without bound.
 const maxBlobRaw = 64 << 30
+
+// maxZstdRatio bounds a zstd blob's decoded size by its stored size, so that
+// what DecodeBlob allocates is proportional to bytes actually in the file: no
+// zstd frame expands more than 32768-fold (its densest form, an RLE block,
+// spends 4 bytes on at most 128 KiB).
+const maxZstdRatio = 1 << 15
 
 // shuffleBytes writes src's k-byte elements to dst as k byte planes. Planes
 // group the sign/exponent bytes of floats together, which zstd compresses far

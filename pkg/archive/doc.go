@@ -4,15 +4,17 @@
 // An archive is one valid safetensors file. Its tensors are the stored
 // blobs (packed codes and compressed bytes as U8, quantization parameters as
 // BF16, singular values as F32), written back to back in the order they were
-// added. Its __metadata__ holds one entry, MetadataKey, whose value is the
-// JSON Manifest: format name and version, the settings used, the fingerprint
+// added. Its __metadata__ holds two entries: MetadataKey, whose value is the
+// JSON Manifest (format name and version, the settings used, the fingerprint
 // of the base, the layout of the fine-tune's shards, and one record per
-// fine-tune tensor saying how it is stored and with which checksums.
+// fine-tune tensor saying how it is stored and with which checksums), and
+// MetadataCRCKey, the CRC-32C of that JSON.
 //
 // Byte layout (little-endian, as in any safetensors file):
 //
 //	[8 bytes]  N, length of the header
-//	[N bytes]  header JSON: {"__metadata__": {"deltacome.manifest": "<manifest JSON>"},
+//	[N bytes]  header JSON: {"__metadata__": {"deltacome.manifest": "<manifest JSON>",
+//	                                          "deltacome.manifest.crc32c": "<8 hex digits>"},
 //	                         "<blob name>": {"dtype", "shape", "data_offsets"}, ...}
 //	           padded with spaces to a multiple of 8
 //	[...]      blob bytes, contiguous, in header order

@@ -17,6 +17,13 @@ const Version = 1
 // MetadataKey is the safetensors __metadata__ key holding the manifest JSON.
 const MetadataKey = "deltacome.manifest"
 
+// MetadataCRCKey is the safetensors __metadata__ key holding the CRC-32C of
+// the manifest JSON (the bytes of the value under MetadataKey), written as 8
+// lowercase hex digits. Readers refuse an archive whose manifest does not
+// match it (ErrChecksum) or that lacks it (ErrFormat): blob checksums live in
+// the manifest, so the manifest itself must be protected too.
+const MetadataCRCKey = "deltacome.manifest.crc32c"
+
 // Sentinel errors returned (wrapped) by Open and Reader methods.
 var (
 	// ErrFormat reports a file that is not a well-formed deltacome archive.
@@ -41,6 +48,14 @@ const (
 	// vectors (blobs "sigma", "u.codes", "u.qparams", "v.codes",
 	// "v.qparams"); lossy, described by LowRank.
 	KindLowRank = "lowrank"
+	// KindBitDelta: the delta is stored as its signs, one bit per element
+	// (blob "signs"), times one float32 scale per matrix (blob "scale"), the
+	// BitDelta method; lossy, described by BitDelta.
+	KindBitDelta = "bitdelta"
+	// KindLowRankBF16: the delta is stored as its top-r singular factors in
+	// bfloat16 (blobs "u", rows x r, and "v", r x cols), what LoRA
+	// extraction tools keep; lossy, described by LowRankBF16.
+	KindLowRankBF16 = "lowrank-bf16"
 )
 
 // Blob roles (Blob.Role).
@@ -53,6 +68,10 @@ const (
 	RoleVCodes   = "v.codes"
 	RoleVQParams = "v.qparams"
 	RoleSideFile = "side"
+	RoleSigns    = "signs"
+	RoleScale    = "scale"
+	RoleU        = "u"
+	RoleV        = "v"
 )
 
 // Codecs (Blob.Codec).
@@ -81,7 +100,11 @@ type Manifest struct {
 type Settings struct {
 	// Mode is "deltacome" (low-rank compression of projections) or
 	// "lossless" (every tensor bit-exact).
-	Mode      string   `json:"mode"`
+	Mode string `json:"mode"`
+	// Method is how the projections are stored in "deltacome" mode:
+	// "deltacome" (quantized singular vectors), "bitdelta" (signs and one
+	// scale) or "lowrank" (bf16 singular factors). Absent means "deltacome".
+	Method    string   `json:"method,omitempty"`
 	Ratio     float64  `json:"ratio,omitempty"`
 	Schedule  string   `json:"schedule,omitempty"`
 	GroupSize int      `json:"group_size,omitempty"`
@@ -143,7 +166,8 @@ type Tensor struct {
 	Shape []uint64 `json:"shape"`
 	// Shard indexes Layout.Shards.
 	Shard int `json:"shard"`
-	// Kind is one of KindSame, KindXOR, KindFull, KindLowRank.
+	// Kind is one of KindSame, KindXOR, KindFull, KindLowRank, KindBitDelta,
+	// KindLowRankBF16.
 	Kind string `json:"kind"`
 	// SHA256 is the hex SHA-256 of the fine-tune tensor's bytes; for the
 	// bit-exact kinds it is verified on reconstruction.
@@ -153,6 +177,10 @@ type Tensor struct {
 	Blobs []Blob `json:"blobs,omitempty"`
 	// LowRank is set for KindLowRank only.
 	LowRank *LowRank `json:"lowrank,omitempty"`
+	// BitDelta is set for KindBitDelta only.
+	BitDelta *BitDelta `json:"bitdelta,omitempty"`
+	// LowRankBF16 is set for KindLowRankBF16 only.
+	LowRankBF16 *LowRankBF16 `json:"lowrank_bf16,omitempty"`
 }
 
 // Blob is one stored safetensors tensor of the archive.
@@ -190,6 +218,31 @@ type LowRank struct {
 	Budget int64 `json:"budget"`
 }
 
+// BitDelta describes a tensor stored as W = W_base + scale * sign(Delta),
+// sign(x) = +1 for x >= 0 and -1 for x < 0 (docs/FORMAT.md section 2.8).
+type BitDelta struct {
+	// RelError is |Delta - Delta_hat|_F / |Delta|_F measured at compression.
+	RelError float64 `json:"rel_error"`
+	// DeltaNorm is |Delta|_F, to aggregate errors over tensors.
+	DeltaNorm float64 `json:"delta_norm"`
+}
+
+// LowRankBF16 describes a tensor stored as W = W_base + U' V', U' (rows x
+// rank) and V' (rank x cols) the bf16 factors of the top-rank truncated SVD
+// of Delta, each carrying the square root of the singular values
+// (docs/FORMAT.md section 2.9).
+type LowRankBF16 struct {
+	Rank int `json:"rank"`
+	// RelError is |Delta - Delta_hat|_F / |Delta|_F measured at compression.
+	RelError float64 `json:"rel_error"`
+	// DeltaNorm is |Delta|_F, to aggregate errors over tensors.
+	DeltaNorm float64 `json:"delta_norm"`
+	// EnergyKept is sum of kept sigma^2 / |Delta|_F^2.
+	EnergyKept float64 `json:"energy_kept"`
+	// Budget is the byte budget the rank was chosen for (fp16 size / ratio).
+	Budget int64 `json:"budget"`
+}
+
 // Band is a run of Count singular vectors quantized at Bits bits.
 type Band struct {
 	Bits  int `json:"bits"`
@@ -203,6 +256,21 @@ func (t *Tensor) StoredBytes() int64 {
 		n += b.Size
 	}
 	return n
+}
+
+// DeltaError returns the relative error |Delta - Delta_hat|_F / |Delta|_F
+// recorded for a lossily stored tensor and |Delta|_F, whatever its lossy
+// kind; ok is false for the bit-exact kinds.
+func (t *Tensor) DeltaError() (relError, deltaNorm float64, ok bool) {
+	switch {
+	case t.LowRank != nil:
+		return t.LowRank.RelError, t.LowRank.DeltaNorm, true
+	case t.BitDelta != nil:
+		return t.BitDelta.RelError, t.BitDelta.DeltaNorm, true
+	case t.LowRankBF16 != nil:
+		return t.LowRankBF16.RelError, t.LowRankBF16.DeltaNorm, true
+	}
+	return 0, 0, false
 }
 
 // Blob returns t's blob with the given role.
@@ -248,10 +316,8 @@ func (m *Manifest) validate() error {
 				return fmt.Errorf("%w: tensor %q (%s): missing blob %q", ErrFormat, t.Name, t.Kind, r)
 			}
 		}
-		if t.Kind == KindLowRank {
-			if err := t.LowRank.validate(); err != nil {
-				return fmt.Errorf("%w: tensor %q: %v", ErrFormat, t.Name, err)
-			}
+		if err := t.validateRecord(); err != nil {
+			return fmt.Errorf("%w: tensor %q: %v", ErrFormat, t.Name, err)
 		}
 	}
 	files := make(map[string]bool)
@@ -271,10 +337,42 @@ func (m *Manifest) validate() error {
 }
 
 var requiredRoles = map[string][]string{
-	KindSame:    {},
-	KindXOR:     {RoleXOR},
-	KindFull:    {RoleData},
-	KindLowRank: {RoleSigma, RoleUCodes, RoleUQParams, RoleVCodes, RoleVQParams},
+	KindSame:        {},
+	KindXOR:         {RoleXOR},
+	KindFull:        {RoleData},
+	KindLowRank:     {RoleSigma, RoleUCodes, RoleUQParams, RoleVCodes, RoleVQParams},
+	KindBitDelta:    {RoleSigns, RoleScale},
+	KindLowRankBF16: {RoleU, RoleV},
+}
+
+// validateRecord checks that a tensor carries the description record of its
+// kind, and only that one.
+func (t *Tensor) validateRecord() error {
+	records := []struct {
+		kind    string
+		present bool
+	}{{KindLowRank, t.LowRank != nil}, {KindBitDelta, t.BitDelta != nil}, {KindLowRankBF16, t.LowRankBF16 != nil}}
+	for _, r := range records {
+		if r.present && r.kind != t.Kind {
+			return fmt.Errorf("%s record on a tensor of kind %s", r.kind, t.Kind)
+		}
+	}
+	switch t.Kind {
+	case KindLowRank:
+		return t.LowRank.validate()
+	case KindBitDelta:
+		if t.BitDelta == nil {
+			return errors.New("bitdelta record missing")
+		}
+	case KindLowRankBF16:
+		if t.LowRankBF16 == nil {
+			return errors.New("lowrank_bf16 record missing")
+		}
+		if t.LowRankBF16.Rank < 0 {
+			return fmt.Errorf("bad rank %d", t.LowRankBF16.Rank)
+		}
+	}
+	return nil
 }
 
 func (lr *LowRank) validate() error {

@@ -30,10 +30,33 @@ func Open(path string) (*Reader, error) {
 	return &Reader{Manifest: m, file: f}, nil
 }
 
+// Parse validates buf, the whole content of an archive file, as Open does;
+// name stands for the file in errors. The Reader aliases buf, which must not
+// change while the Reader is in use; Close releases nothing.
+func Parse(name string, buf []byte) (*Reader, error) {
+	f, err := stfile.Parse(name, buf)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrFormat, err)
+	}
+	m, err := readManifest(f)
+	if err != nil {
+		return nil, fmt.Errorf("archive %s: %w", name, err)
+	}
+	return &Reader{Manifest: m, file: f}, nil
+}
+
 func readManifest(f *stfile.File) (*Manifest, error) {
-	js, ok := f.Metadata()[MetadataKey]
+	md := f.Metadata()
+	js, ok := md[MetadataKey]
 	if !ok {
 		return nil, fmt.Errorf("%w: no %q in __metadata__ (is this a deltacome archive?)", ErrFormat, MetadataKey)
+	}
+	sum, ok := md[MetadataCRCKey]
+	if !ok {
+		return nil, fmt.Errorf("%w: no %q in __metadata__", ErrFormat, MetadataCRCKey)
+	}
+	if want := manifestCRC(js); sum != want {
+		return nil, fmt.Errorf("%w: manifest: crc32c %s, header says %q", ErrChecksum, want, sum)
 	}
 	var m Manifest
 	if err := json.Unmarshal([]byte(js), &m); err != nil {
@@ -67,6 +90,9 @@ func readManifest(f *stfile.File) (*Manifest, error) {
 	return &m, nil
 }
 
+// manifestCRC is the MetadataCRCKey value for the manifest JSON js.
+func manifestCRC(js string) string { return fmt.Sprintf("%08x", CRC32C([]byte(js))) }
+
 // Blob returns the decoded bytes of b after verifying its checksum. Errors
 // wrap ErrChecksum or ErrFormat. The result may alias the file mapping
 // (codec raw): callers must not modify it, and it is valid until Close.
@@ -75,7 +101,11 @@ func (r *Reader) Blob(b Blob) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrFormat, err)
 	}
-	return DecodeBlob(b, stored)
+	data, err := DecodeBlob(b, stored)
+	if err != nil {
+		return nil, fmt.Errorf("archive %s: %w", r.file.Path(), err)
+	}
+	return data, nil
 }
 
 // Path returns the archive's file path.

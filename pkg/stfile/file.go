@@ -119,6 +119,20 @@ func (f *File) Close() error {
 	return nil
 }
 
+// Release tells the system that the named tensor's bytes are not needed for
+// now, so that a long streaming pass over a large file does not keep every
+// page it has read resident. The bytes stay valid: a later Data call (or a
+// slice obtained earlier) reads them again from the file. Unknown names and
+// Files not opened with Open are ignored.
+func (f *File) Release(name string) {
+	i, ok := f.byName[name]
+	if !ok || f.buf == nil || f.unmap == nil {
+		return
+	}
+	t := f.tensors[i]
+	release(f.buf[f.dataOff+t.Offset : f.dataOff+t.Offset+t.Size])
+}
+
 // Path returns the path the File was opened or parsed with.
 func (f *File) Path() string { return f.path }
 

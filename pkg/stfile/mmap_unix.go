@@ -4,6 +4,7 @@ package stfile
 
 import (
 	"os"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -16,4 +17,24 @@ func mapFile(fd *os.File, size int) ([]byte, func([]byte) error, error) {
 		return nil, nil, err
 	}
 	return buf, unix.Munmap, nil
+}
+
+// release tells the kernel that the whole pages inside b are not needed for
+// now. For a shared read-only file mapping this drops them from the
+// process's resident set; a later access faults them in again from the page
+// cache or the file, unchanged.
+func release(b []byte) {
+	if len(b) == 0 {
+		return
+	}
+	page := unix.Getpagesize()
+	skip := (page - int(uintptr(unsafe.Pointer(unsafe.SliceData(b)))%uintptr(page))) % page
+	if skip >= len(b) {
+		return
+	}
+	whole := (len(b) - skip) / page * page
+	if whole == 0 {
+		return
+	}
+	_ = unix.Madvise(b[skip:skip+whole], unix.MADV_DONTNEED)
 }

@@ -468,3 +468,22 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestReleaseKeepsBytes checks that releasing a tensor's pages leaves its
+// bytes readable and unchanged.
+func TestReleaseKeepsBytes(t *testing.T) {
+	f, err := Open(filepath.Join("..", "..", "testdata", "tiny-llama", "base", "model.safetensors"))
+	require.NoError(t, err)
+	defer f.Close()
+	for _, name := range f.Names() {
+		d, err := f.Data(name)
+		require.NoError(t, err)
+		want := bytes.Clone(d)
+		f.Release(name)
+		f.Release("no such tensor")
+		got, err := f.Data(name)
+		require.NoError(t, err)
+		require.Equal(t, want, got, name)
+		require.Equal(t, want, d, "%s: a slice taken before Release still reads the same bytes", name)
+	}
+}

@@ -1,0 +1,236 @@
+package engine
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/nlpodyssey/safetensors"
+
+	"github.com/deltacome/deltacome/internal/bitdelta"
+	"github.com/deltacome/deltacome/internal/checkpoint"
+	"github.com/deltacome/deltacome/internal/dtype"
+	"github.com/deltacome/deltacome/internal/lowrank"
+	"github.com/deltacome/deltacome/pkg/archive"
+	"github.com/deltacome/deltacome/pkg/stfile"
+)
+
+// PlanSameOrXOR is the planned kind of a tensor present in the base with the
+// same dtype and shape that is not low-rank compressed: it is stored as
+// archive.KindSame when its bytes equal the base's and archive.KindXOR
+// otherwise, which only reading the bytes can tell.
+const PlanSameOrXOR = "same|xor"
+
+// PlannedTensor is what a header-only plan knows about one tensor.
+type PlannedTensor struct {
+	Name  string
+	DType string
+	Shape []uint64
+	// Kind is the lossy kind of the method (archive.KindLowRank,
+	// KindBitDelta or KindLowRankBF16) for a selected projection, else
+	// archive.KindFull or PlanSameOrXOR. A projection equal to its base
+	// is stored as archive.KindSame instead, which only its bytes tell.
+	Kind string
+	// OrigBytes is the tensor's size in the fine-tune.
+	OrigBytes int64
+	// Budget is the exact byte budget of a low-rank tensor (its fp16 size /
+	// ratio); 0 for other kinds, bitdelta included (its size is fixed).
+	Budget int64
+	// MaxBytes bounds the bytes the archive will store for the tensor: the
+	// budget for a low-rank tensor, the packed signs and scale for
+	// bitdelta, zstd's worst case for a lossless one.
+	// The least is 0 for every kind (a tensor equal to the base is stored as
+	// nothing), so no lower bound is given.
+	MaxBytes int64
+}
+
+// CompressPlan is what Compress would do, known from the checkpoints'
+// headers alone (no tensor bytes are read).
+type CompressPlan struct {
+	Tensors []PlannedTensor
+	// OrigBytes totals the fine-tune's tensors.
+	OrigBytes int64
+	// ByKind totals the planned tensors by Kind.
+	ByKind map[string]*PlanTotals
+	// SideFiles and SideBytes count the side files an FT folder carries
+	// (stored zstd-compressed, so at most SideMaxBytes).
+	SideFiles    int
+	SideBytes    int64
+	SideMaxBytes int64
+	// HeaderBytes estimates the archive's header: blob entries and the
+	// manifest, built from the plan with placeholder checksums and band
+	// lists (an estimate: the real band lists and blob sizes vary).
+	HeaderBytes int64
+	// MaxArchiveBytes bounds the archive's size: every tensor's MaxBytes,
+	// the side files' bound and the header estimate.
+	MaxArchiveBytes int64
+}
+
+// PlanTotals sums planned tensors of one kind.
+type PlanTotals struct {
+	Tensors   int
+	OrigBytes int64
+	MaxBytes  int64
+}
+
+// lowRankCandidate reports whether Compress stores the tensor name (t in the
+// fine-tune, bt in the base) lossily with its method when its bytes differ
+// from the base's: a selected 2-D floating-point projection in
+// ModeDeltaCoMe.
+// It reads headers only; shapes are known to agree.
+func lowRankCandidate(name string, t, bt checkpoint.Tensor, opt *CompressOptions) bool {
+	return opt.Mode == ModeDeltaCoMe && len(t.Shape) == 2 && dtype.IsFloat(t.DType) && dtype.IsFloat(bt.DType) && opt.Select.Match(name)
+}
+
+// zstdBound is the largest zstd frame for n input bytes, ZSTD_COMPRESSBOUND
+// in the reference zstd.h: incompressible input is stored in raw blocks.
+func zstdBound(n int64) int64 {
+	const blockSize = 128 << 10
+	b := n + n>>8
+	if n < blockSize {
+		b += (blockSize - n) >> 11
+	}
+	return b
+}
+
+// Plan returns what Compress would store for FT (ftPath) against BASE
+// (basePath) with opt, reading only the checkpoints' headers and side-file
+// sizes. It fails where Compress would fail before reading bytes: invalid
+// options, unreadable checkpoints, shapes that differ between BASE and FT
+// (errors wrap ErrUsage or ErrInput).
+func Plan(basePath, ftPath string, opt CompressOptions) (*CompressPlan, error) {
+	if err := opt.validate(); err != nil {
+		return nil, err
+	}
+	base, ft, err := openPair(basePath, ftPath)
+	if err != nil {
+		return nil, err
+	}
+	defer base.Close()
+	defer ft.Close()
+
+	p := &CompressPlan{ByKind: map[string]*PlanTotals{}}
+	for _, name := range ft.Names() {
+		t, _ := ft.Tensor(name)
+		pt := PlannedTensor{Name: name, DType: t.DType.String(), Shape: t.Shape, OrigBytes: t.Size}
+		bt, inBase := base.Tensor(name)
+		switch {
+		case !inBase:
+			pt.Kind, pt.MaxBytes = archive.KindFull, zstdBound(t.Size)
+		case !slices.Equal(bt.Shape, t.Shape):
+			return nil, fmt.Errorf("%w: tensor %q: shape %v in fine-tune %s, %v in base %s", ErrInput, name, t.Shape, ft.Path(), bt.Shape, base.Path())
+		case lowRankCandidate(name, t, bt, &opt):
+			rows, cols := int(t.Shape[0]), int(t.Shape[1])
+			switch opt.method() {
+			case MethodBitDelta:
+				const scaleBytes = 4 // one float32 scale per matrix
+				pt.Kind, pt.MaxBytes = archive.KindBitDelta, int64(bitdelta.PackedLen(rows*cols))+scaleBytes
+			case MethodLowRank:
+				pt.Kind, pt.Budget = archive.KindLowRankBF16, lowrank.Budget(rows, cols, opt.Ratio)
+				pt.MaxBytes = pt.Budget
+			default:
+				pt.Kind, pt.Budget = archive.KindLowRank, lowrank.Budget(rows, cols, opt.Ratio)
+				pt.MaxBytes = pt.Budget
+			}
+		case bt.DType != t.DType:
+			pt.Kind, pt.MaxBytes = archive.KindFull, zstdBound(t.Size)
+		default:
+			pt.Kind, pt.MaxBytes = PlanSameOrXOR, zstdBound(t.Size)
+		}
+		p.Tensors = append(p.Tensors, pt)
+		p.OrigBytes += pt.OrigBytes
+		k := p.ByKind[pt.Kind]
+		if k == nil {
+			k = &PlanTotals{}
+			p.ByKind[pt.Kind] = k
+		}
+		k.Tensors++
+		k.OrigBytes += pt.OrigBytes
+		k.MaxBytes += pt.MaxBytes
+		p.MaxArchiveBytes += pt.MaxBytes
+	}
+	side, err := ft.SideFiles()
+	if err != nil {
+		return nil, fmt.Errorf("%w: fine-tune: %w", ErrInput, err)
+	}
+	for _, f := range side {
+		p.SideFiles++
+		p.SideBytes += f.Size
+		p.SideMaxBytes += zstdBound(f.Size)
+	}
+	p.MaxArchiveBytes += p.SideMaxBytes
+	if p.HeaderBytes, err = estimateHeader(base, ft, side, p, opt); err != nil {
+		return nil, err
+	}
+	p.MaxArchiveBytes += p.HeaderBytes
+	return p, nil
+}
+
+// planRoles lists the blob roles Compress writes for each planned kind.
+var planRoles = map[string][]string{
+	archive.KindLowRank:     {archive.RoleSigma, archive.RoleUCodes, archive.RoleUQParams, archive.RoleVCodes, archive.RoleVQParams},
+	archive.KindBitDelta:    {archive.RoleSigns, archive.RoleScale},
+	archive.KindLowRankBF16: {archive.RoleU, archive.RoleV},
+	archive.KindFull:        {archive.RoleData},
+	PlanSameOrXOR:           {archive.RoleXOR},
+}
+
+// estimateHeader builds the manifest and blob entries Compress would write,
+// with placeholder checksums and each low-rank tensor's bands as one entry,
+// and returns the encoded header's size.
+func estimateHeader(base, ft *checkpoint.Checkpoint, side []checkpoint.SideFile, p *CompressPlan, opt CompressOptions) (int64, error) {
+	m, err := newManifest(ft, opt)
+	if err != nil {
+		return 0, err
+	}
+	hash := strings.Repeat("0", 64)
+	for _, name := range base.Names() {
+		t, _ := base.Tensor(name)
+		m.Base.Tensors = append(m.Base.Tensors, archive.BaseTensor{Name: name, DType: t.DType.String(), Shape: t.Shape, SHA256: hash})
+	}
+	m.Base.Fingerprint = archive.Fingerprint(m.Base.Tensors)
+	var infos []stfile.Info
+	addBlob := func(blobName, role string, size int64) archive.Blob {
+		b := archive.Blob{Role: role, Tensor: blobName, Codec: archive.CodecZstd, RawSize: size, Size: size, CRC32C: 0xffffffff}
+		infos = append(infos, stfile.Info{Name: blobName, DType: safetensors.U8, Shape: []uint64{uint64(size)}, Size: size})
+		return b
+	}
+	for _, pt := range p.Tensors {
+		t, _ := ft.Tensor(pt.Name)
+		rec := archive.Tensor{Name: pt.Name, DType: pt.DType, Shape: pt.Shape, Shard: t.Shard, Kind: pt.Kind, Bytes: pt.OrigBytes, SHA256: hash}
+		roles := planRoles[pt.Kind]
+		if pt.Kind == PlanSameOrXOR {
+			rec.Kind = archive.KindXOR
+		}
+		switch pt.Kind {
+		case archive.KindLowRank:
+			rec.LowRank = &archive.LowRank{Rank: 1, Bands: []archive.Band{{Bits: 8, Count: 1}}, GroupSize: opt.GroupSize,
+				RelError: 0.5, DeltaNorm: 1, EnergyKept: 0.5, Budget: pt.Budget}
+		case archive.KindBitDelta:
+			rec.BitDelta = &archive.BitDelta{RelError: 0.5, DeltaNorm: 1}
+		case archive.KindLowRankBF16:
+			rec.LowRankBF16 = &archive.LowRankBF16{Rank: 1, RelError: 0.5, DeltaNorm: 1, EnergyKept: 0.5, Budget: pt.Budget}
+		}
+		for _, role := range roles {
+			share := pt.MaxBytes / int64(len(roles))
+			rec.Blobs = append(rec.Blobs, addBlob(pt.Name+"/"+role, role, share))
+		}
+		m.Tensors = append(m.Tensors, rec)
+	}
+	for _, f := range side {
+		b := addBlob("__side__/"+f.Name, archive.RoleSideFile, f.Size)
+		m.SideFiles = append(m.SideFiles, archive.SideFile{Name: f.Name, Size: f.Size, SHA256: hash, Blob: b})
+	}
+	js, err := json.Marshal(m)
+	if err != nil {
+		return 0, fmt.Errorf("estimate manifest: %w", err)
+	}
+	const crcPlaceholder = "00000000"
+	h, err := stfile.EncodeHeader(infos, map[string]string{archive.MetadataKey: string(js), archive.MetadataCRCKey: crcPlaceholder})
+	if err != nil {
+		return 0, fmt.Errorf("estimate header: %w", err)
+	}
+	const lengthPrefix = 8 // the u64 header length of a safetensors file
+	return lengthPrefix + int64(len(h)), nil
+}

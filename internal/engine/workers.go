@@ -1,0 +1,36 @@
+package engine
+
+import (
+	"runtime"
+
+	"github.com/deltacome/deltacome/internal/checkpoint"
+	"github.com/deltacome/deltacome/internal/lowrank"
+)
+
+// workerMemory is the memory the compress pool may plan for tensors in
+// flight when --workers is not given: with the checkpoints' mapped pages and
+// the garbage collector's headroom on top, it keeps peak RSS under 2 GiB for
+// 7B-sized projections.
+const workerMemory = 768 << 20
+
+// defaultWorkers sizes the compress pool from the cores and from the
+// largest 2-D tensor of ft: each worker holds one tensor's delta (4 bytes
+// per element) and its encoding working set (lowrank.WorkingSetBytes). At
+// least one worker, at most GOMAXPROCS; with a BLAS that already uses every
+// core a single large tensor keeps the machine busy.
+func defaultWorkers(ft *checkpoint.Checkpoint) int {
+	var largest int64
+	for _, n := range ft.Names() {
+		t, _ := ft.Tensor(n)
+		if len(t.Shape) != 2 {
+			continue
+		}
+		rows, cols := int(t.Shape[0]), int(t.Shape[1])
+		largest = max(largest, 4*int64(rows)*int64(cols)+lowrank.WorkingSetBytes(rows, cols))
+	}
+	n := runtime.GOMAXPROCS(0)
+	if largest > 0 {
+		n = min(n, int(workerMemory/largest))
+	}
+	return max(n, 1)
+}

@@ -1,0 +1,68 @@
+//go:build openblas
+
+package linalg
+
+/*
+#cgo LDFLAGS: -lopenblas -llapacke
+*/
+import "C"
+
+import (
+	"gonum.org/v1/gonum/blas"
+	"gonum.org/v1/gonum/lapack"
+	"gonum.org/v1/netlib/blas/netlib"
+	"gonum.org/v1/netlib/lapack/lapacke"
+	lapacknetlib "gonum.org/v1/netlib/lapack/netlib"
+)
+
+// Backend names the BLAS/LAPACK implementation this build uses, for
+// `deltacome version` and benchmark reports.
+const Backend = "OpenBLAS + LAPACKE (cgo)"
+
+// nativeTranspose reports whether the BLAS multiplies a transposed operand as
+// fast as a plain one, which OpenBLAS does.
+const nativeTranspose = true
+
+// autoMinDim is AutoMinDim for this backend: with dsyevr the exact route
+// takes well under a second up to 1024 x 4096.
+const autoMinDim = 1536
+
+var (
+	blas32Impl blas.Float32   = netlib.Implementation{}
+	blas64Impl blas.Float64   = netlib.Implementation{}
+	lapackImpl lapack.Float64 = lapacknetlib.Implementation{}
+)
+
+// symEigTop computes the top k eigenpairs of the symmetric row-major n x n
+// matrix a (upper triangle read, a overwritten): eigenvalues in w[:k]
+// descending, eigenvector j in column j of the row-major n x k matrix z. It
+// reports false if the eigensolver did not converge.
+//
+// LAPACK's dsyevr (tridiagonal reduction, then MRRR for the requested pairs
+// only) computes the top 2/3 of the pairs of a 1988 x 1988 matrix about 5
+// times faster than dsyevd computes all of them on the 2-core dev VM.
+func symEigTop(n, k int, a, w, z []float64) bool {
+	if k == 0 {
+		return true
+	}
+	found := []int32{0}
+	isuppz := make([]int32, 2*k)
+	vals := make([]float64, n)
+	vecs := make([]float64, n*k)
+	work, iwork := []float64{0}, []int32{0}
+	// LAPACK numbers eigenvalues ascending from 1: the top k are n-k+1..n.
+	lapacke.Dsyevr('V', 'I', 'U', n, a, n, 0, 0, n-k+1, n, 0, found, vals, vecs, k, isuppz, work, -1, iwork, -1)
+	work, iwork = make([]float64, int(work[0])), make([]int32, iwork[0])
+	if !lapacke.Dsyevr('V', 'I', 'U', n, a, n, 0, 0, n-k+1, n, 0, found, vals, vecs, k, isuppz, work, len(work), iwork, len(iwork)) || int(found[0]) != k {
+		return false
+	}
+	// dsyevr returns them ascending: reverse into descending order.
+	for j := range k {
+		src := k - 1 - j
+		w[j] = vals[src]
+		for i := range n {
+			z[i*k+j] = vecs[i*k+src]
+		}
+	}
+	return true
+}

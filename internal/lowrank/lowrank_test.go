@@ -1,0 +1,207 @@
+package lowrank
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/deltacome/deltacome/internal/alloc"
+	"github.com/deltacome/deltacome/internal/linalg"
+)
+
+// testDelta returns a row-major rows x cols delta shaped like a fine-tuning
+// delta: rank-r structure with singular values (1 + j/8)^-0.5 holding 70% of
+// the energy, plus full-rank Gaussian noise holding 30%.
+func testDelta(rng *rand.Rand, rows, cols, r int) []float32 {
+	r = min(r, rows, cols)
+	x := make([]float32, rows*r)
+	y := make([]float32, r*cols)
+	var sig float64
+	for j := range r {
+		d := math.Pow(1+float64(j)/8, -0.5)
+		sig += d * d
+		for i := range rows {
+			x[i*r+j] = float32(d * rng.NormFloat64() / math.Sqrt(float64(rows)))
+		}
+	}
+	for i := range y {
+		y[i] = float32(rng.NormFloat64() / math.Sqrt(float64(cols)))
+	}
+	out := make([]float32, rows*cols)
+	linalg.Mul(out, x, y, rows, r, cols)
+	a := math.Sqrt(0.7 / sig)
+	b := math.Sqrt(0.3 / float64(rows*cols))
+	for i := range out {
+		out[i] = float32(a*float64(out[i]) + b*rng.NormFloat64())
+	}
+	return out
+}
+
+func TestEncodeRoundTrip(t *testing.T) {
+	for _, tc := range []struct {
+		rows, cols int
+		svd        linalg.Method
+	}{
+		{96, 160, linalg.MethodExact},
+		{160, 96, linalg.MethodExact},
+		{256, 512, linalg.MethodRandomized},
+		{512, 256, linalg.MethodRandomized},
+	} {
+		t.Run(fmt.Sprintf("%dx%d_%v", tc.rows, tc.cols, tc.svd), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(uint64(tc.rows), uint64(tc.cols)))
+			delta := testDelta(rng, tc.rows, tc.cols, 32)
+			enc, err := Encode(delta, tc.rows, tc.cols, Options{Ratio: 16, GroupSize: 64, SVD: tc.svd})
+			require.NoError(t, err)
+			budget := Budget(tc.rows, tc.cols, 16)
+			stored := len(enc.Sigma) + len(enc.UCodes) + len(enc.VCodes) + len(enc.UQParams) + len(enc.VQParams)
+			assert.LessOrEqual(t, int64(stored), budget)
+			hat, err := enc.Product(tc.rows, tc.cols, &enc.Record)
+			require.NoError(t, err)
+			var errSq, normSq float64
+			for i, d := range delta {
+				e := float64(d - hat[i])
+				errSq += e * e
+				normSq += float64(d) * float64(d)
+			}
+			// The recorded error is measured the same way, block by block.
+			assert.InDelta(t, math.Sqrt(errSq/normSq), enc.Record.RelError, 1e-6)
+			assert.Less(t, enc.Record.RelError, 0.9, "a ratio-16 plan keeps most of the structured part")
+		})
+	}
+}
+
+func TestEncodeWorkersIdentical(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	const rows, cols = 300, 700 // enough pairs for sampled measurement
+	delta := testDelta(rng, rows, cols, 64)
+	var first *Encoded
+	for _, w := range []int{1, 2, 3} {
+		enc, err := Encode(delta, rows, cols, Options{Ratio: 4, GroupSize: 128, SVD: linalg.MethodExact, Workers: w})
+		require.NoError(t, err)
+		if first == nil {
+			first = enc
+			continue
+		}
+		assert.Equal(t, first.Factors, enc.Factors, "workers %d", w)
+		assert.Equal(t, first.Record, enc.Record, "workers %d", w)
+	}
+}
+
+func TestSampled(t *testing.T) {
+	for _, r := range []int{0, 1, 100, measureAll + measureSampled, measureAll + measureSampled + 1, 1325} {
+		idx := sampled(r)
+		if r == 0 {
+			assert.Empty(t, idx)
+			continue
+		}
+		assert.Equal(t, 0, idx[0])
+		assert.Equal(t, r-1, idx[len(idx)-1], "the last pair is measured")
+		assert.LessOrEqual(t, len(idx), measureAll+measureSampled+1)
+		for j := 1; j < len(idx); j++ {
+			assert.Less(t, idx[j-1], idx[j])
+		}
+		if r > measureAll {
+			assert.Equal(t, measureAll-1, idx[measureAll-1], "the first pairs are all measured")
+		}
+	}
+}
+
+// TestSampledMeasurementQuality compares the plan made from sampled
+// measurements with the plan made from measuring every pair, on a matrix
+// with more pairs than are measured exactly.
+func TestSampledMeasurementQuality(t *testing.T) {
+	if testing.Short() {
+		t.Skip("measures every pair of a 768 x 1536 delta")
+	}
+	rng := rand.New(rand.NewPCG(9, 9))
+	const rows, cols = 768, 1536
+	delta := testDelta(rng, rows, cols, 128)
+	budget := Budget(rows, cols, 8) // 452 pairs: more than are measured exactly
+	svd, err := linalg.Exact(delta, rows, cols, SVDRank(rows, cols, 128, budget))
+	require.NoError(t, err)
+	require.Greater(t, svd.Rank, measureAll+measureSampled)
+	sigma := make([]float64, svd.Rank)
+	for i := range sigma {
+		sigma[i] = float64(svd.S[i])
+	}
+	m := newMeasurer(svd, 128, 0)
+	full := func(i, bits int) float64 { // every pair measured
+		if bits == 0 {
+			return sigma[i] * sigma[i]
+		}
+		var w roundTripper
+		u, v := m.vectors(i)
+		uq, vq := w.roundTrip(u, bits, m.opt, 0), w.roundTrip(v, bits, m.opt, 1)
+		return sigma[i] * sigma[i] * max(1-2*dot(u, uq)*dot(v, vq)+dot(uq, uq)*dot(vq, vq), 0)
+	}
+	memo := map[[2]int]float64{}
+	fullMemo := func(i, bits int) float64 {
+		k := [2]int{i, bits}
+		if e, ok := memo[k]; ok {
+			return e
+		}
+		memo[k] = full(i, bits)
+		return memo[k]
+	}
+	p := alloc.Problem{Rows: rows, Cols: cols, GroupSize: 128, Budget: budget, Sigma: sigma}
+	p.Err = fullMemo
+	exactPlan := alloc.Schedule{}.Plan(p)
+	p.Err = m.err
+	sampledPlan := alloc.Schedule{}.Plan(p)
+	// Score both plans with the fully measured errors.
+	score := func(bits []int) float64 {
+		var e float64
+		for i := range sigma {
+			b := 0
+			if i < len(bits) {
+				b = bits[i]
+			}
+			e += fullMemo(i, b)
+		}
+		return e
+	}
+	var normSq float64
+	for _, d := range delta {
+		normSq += float64(d) * float64(d)
+	}
+	exactErr, sampledErr := math.Sqrt(score(exactPlan.Bits)/normSq), math.Sqrt(score(sampledPlan.Bits)/normSq)
+	t.Logf("relative error: every pair measured %.5f, sampled %.5f", exactErr, sampledErr)
+	// Sampling may only cost a small fraction of the plan's error.
+	assert.Less(t, sampledErr, exactErr*1.002)
+}
+
+// BenchmarkEncode times Encode on a ladder of projection shapes at ratio 16
+// with each SVD route. The large shapes are skipped under -short.
+func BenchmarkEncode(b *testing.B) {
+	ladder := []struct {
+		rows, cols int
+		large      bool
+	}{
+		{256, 256, false},
+		{1024, 1024, false},
+		{1024, 4096, true},
+		{4096, 4096, true},
+		{4096, 11008, true},
+	}
+	for _, sh := range ladder {
+		for _, m := range []linalg.Method{linalg.MethodExact, linalg.MethodRandomized} {
+			b.Run(fmt.Sprintf("%dx%d/%v", sh.rows, sh.cols, m), func(b *testing.B) {
+				if sh.large && testing.Short() {
+					b.Skip("large shape skipped under -short")
+				}
+				rng := rand.New(rand.NewPCG(1, 2))
+				delta := testDelta(rng, sh.rows, sh.cols, 256)
+				b.ResetTimer()
+				for b.Loop() {
+					if _, err := Encode(delta, sh.rows, sh.cols, Options{Ratio: 16, GroupSize: 128, SVD: m}); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}

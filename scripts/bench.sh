@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Benchmark compress and reconstruct of one Llama-2-7B-shaped layer against
+# the machine's GEMM floor.
+#
+# Usage: scripts/bench.sh [BIN] [RUNS]
+#   BIN   the deltacome binary (default bin/deltacome; `make bench` builds it)
+#   RUNS  runs of each step; medians are reported (default 3)
+# Environment: SVD (auto|exact|randomized, default auto), RATIO (default 16),
+#   DATA (default bench-data/llama2-7b-1layer, generated if absent).
+#
+# For each step it prints the wall time, the GFLOP/s achieved (the step's
+# floor operation count divided by its wall time), the floor (operations
+# divided by the float32 GEMM rate measured in the same run), the ratio to
+# the floor and the peak RSS (/usr/bin/time -v). Operation counts come from
+# the archive (`deltacome gemm-rate --archive`): compress is charged a
+# randomized SVD with one power iteration at each matrix's kept rank k
+# (8mnk + 4·min(m,n)·k²), reconstruct the product of the factors (2mnk).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=${1:-bin/deltacome}
+RUNS=${2:-3}
+SVD=${SVD:-auto}
+RATIO=${RATIO:-16}
+DATA=${DATA:-bench-data/llama2-7b-1layer}
+OUT=${OUT:-bench-data/out}
+
+if [ ! -x /usr/bin/time ]; then
+	echo "bench: /usr/bin/time is needed for peak RSS (apt-get install time)" >&2
+	exit 1
+fi
+if [ ! -f "$DATA/ft/model.safetensors" ]; then
+	echo "bench: generating $DATA (one Llama-2-7B layer, bf16)" >&2
+	"$BIN" synth --layers 1 "$DATA"
+fi
+mkdir -p "$OUT"
+
+# run LABEL CMD...: runs CMD under /usr/bin/time -v, appends "wall rss_kib" to $OUT/LABEL.times.
+run() {
+	local label=$1
+	shift
+	/usr/bin/time -v -o "$OUT/$label.time" "$@" >/dev/null 2>"$OUT/$label.log"
+	awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,t,":"); s=0; for(i=1;i<=n;i++) s=s*60+t[i]; w=s}
+		/Maximum resident set size/ {r=$2} END {print w, r}' "$OUT/$label.time" >>"$OUT/$label.times"
+}
+
+median() { sort -n | awk '{v[NR]=$1} END {if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'; }
+
+rm -f "$OUT"/*.times
+for i in $(seq "$RUNS"); do
+	rm -rf "$OUT/layer.dcm" "$OUT/rebuilt"
+	run compress "$BIN" compress -q --svd "$SVD" --ratio "$RATIO" "$DATA/base" "$DATA/ft" "$OUT/layer.dcm"
+	run reconstruct "$BIN" reconstruct -q "$DATA/base" "$OUT/layer.dcm" "$OUT/rebuilt"
+done
+"$BIN" gemm-rate --archive "$OUT/layer.dcm" >"$OUT/floor.json"
+load=$(cut -d' ' -f1-3 /proc/loadavg)
+json() { sed -n "s/.*\"$1\": \([0-9.e+-]*\).*/\1/p" "$OUT/floor.json"; }
+rate=$(json gflops)
+"$BIN" version | sed -n 's/^linear algebra backend: /backend:   /p'
+echo "svd:       $SVD, ratio $RATIO, $RUNS runs (medians), load average before the floor probe: $load"
+echo "gemm rate: $rate GFLOP/s (float32, n=4096, best of 3)"
+printf '%-12s %9s %9s %10s %9s %8s %9s\n' step wall_s GFLOP/s floor_s x_floor rss_MiB TFLOP
+for step in compress reconstruct; do
+	flops=$(json "${step}_flops")
+	floor=$(json "${step}_floor_s")
+	wall=$(cut -d' ' -f1 "$OUT/$step.times" | median)
+	rss=$(cut -d' ' -f2 "$OUT/$step.times" | median)
+	awk -v s="$step" -v w="$wall" -v f="$flops" -v fl="$floor" -v r="$rss" \
+		'BEGIN {printf "%-12s %9.1f %9.1f %10.1f %9.2f %8.0f %9.3f\n", s, w, f/w/1e9, fl, w/fl, r/1024, f/1e12}'
+done
+"$BIN" inspect "$OUT/layer.dcm" | grep -E '^ +lowrank ' || true
