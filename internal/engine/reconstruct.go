@@ -21,7 +21,8 @@ import (
 type ReconstructOptions struct {
 	// Force accepts a base whose fingerprint differs from the archive's.
 	Force bool
-	// Workers bounds the tensors processed at once; < 1 means GOMAXPROCS.
+	// Workers bounds the tensors processed at once; < 1 sizes the pool from
+	// the cores and the largest tensor's working set.
 	Workers int
 	// Progress receives per-tensor events; nil means none.
 	Progress Progress
@@ -101,7 +102,11 @@ func Reconstruct(ctx context.Context, basePath, archivePath, outDir string, opt 
 			Kind: rec.Kind, OrigBytes: rec.Bytes, StoredBytes: int64(len(data))})
 		return nil
 	}
-	werr := ordered(ctx, len(items), workers(opt.Workers), work, consume)
+	n := opt.Workers
+	if n < 1 {
+		n = reconstructWorkers(m)
+	}
+	werr := ordered(ctx, len(items), n, work, consume)
 	if werr == nil {
 		werr = sw.finish(len(m.Layout.Shards))
 	}
@@ -129,11 +134,6 @@ func Reconstruct(ctx context.Context, basePath, archivePath, outDir string, opt 
 	}
 	ok = true
 	return sum, nil
-}
-
-func workers(n int) int {
-	opt := CompressOptions{Workers: n}
-	return opt.workers()
 }
 
 // checkOutDir refuses an outDir that exists and is not an empty folder.

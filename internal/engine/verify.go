@@ -22,7 +22,8 @@ var ErrVerify = errors.New("verification failed")
 
 // VerifyOptions configures Verify.
 type VerifyOptions struct {
-	// Workers bounds the tensors processed at once; < 1 means GOMAXPROCS.
+	// Workers bounds the tensors processed at once; < 1 sizes the pool as
+	// Reconstruct does.
 	Workers int
 	// Progress receives per-tensor events; nil means none.
 	Progress Progress
@@ -151,7 +152,11 @@ func Verify(ctx context.Context, basePath, ftPath, archivePath string, opt Verif
 			Kind: rec.Kind, OrigBytes: rec.Bytes, StoredBytes: rec.StoredBytes(), RelError: c.RelError})
 		return nil
 	}
-	if err := ordered(ctx, len(m.Tensors), workers(opt.Workers), work, consume); err != nil {
+	n := opt.Workers
+	if n < 1 {
+		n = reconstructWorkers(m)
+	}
+	if err := ordered(ctx, len(m.Tensors), n, work, consume); err != nil {
 		return nil, err
 	}
 	inArchive := make(map[string]bool, len(m.Tensors))

@@ -5,6 +5,7 @@ import (
 
 	"github.com/deltacome/deltacome/internal/checkpoint"
 	"github.com/deltacome/deltacome/internal/lowrank"
+	"github.com/deltacome/deltacome/pkg/archive"
 )
 
 // workerMemory is the memory the compress pool may plan for tensors in
@@ -28,9 +29,30 @@ func defaultWorkers(ft *checkpoint.Checkpoint) int {
 		rows, cols := int(t.Shape[0]), int(t.Shape[1])
 		largest = max(largest, 4*int64(rows)*int64(cols)+lowrank.WorkingSetBytes(rows, cols))
 	}
+	return poolSize(largest)
+}
+
+// reconstructWorkers sizes the reconstruct pool the same way: a low-rank
+// tensor in flight holds the base and the product in float32 and the output
+// in its dtype (at most 12 bytes per element), any other tensor its bytes.
+func reconstructWorkers(m *archive.Manifest) int {
+	var largest int64
+	for _, t := range m.Tensors {
+		n := t.Bytes
+		if len(t.Shape) == 2 && t.Kind != archive.KindSame && t.Kind != archive.KindXOR && t.Kind != archive.KindFull {
+			n = 12 * int64(t.Shape[0]) * int64(t.Shape[1])
+		}
+		largest = max(largest, n)
+	}
+	return poolSize(largest)
+}
+
+// poolSize is the number of workers, each holding up to perWorker bytes,
+// that fit workerMemory: at least one, at most GOMAXPROCS.
+func poolSize(perWorker int64) int {
 	n := runtime.GOMAXPROCS(0)
-	if largest > 0 {
-		n = min(n, int(workerMemory/largest))
+	if perWorker > 0 {
+		n = min(n, int(workerMemory/perWorker))
 	}
 	return max(n, 1)
 }
