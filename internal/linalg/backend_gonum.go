@@ -54,3 +54,40 @@ func symEigTop(n, k int, a, w, z []float64) bool {
 	}
 	return true
 }
+
+// symEigDense32 computes the top k eigenvectors of the symmetric row-major
+// float32 n x n matrix a (upper triangle read, a overwritten) into the
+// columns of the row-major n x k matrix z, largest eigenvalue first. gonum's
+// LAPACK is float64 only: symEigTop runs on a float64 copy. It reports false
+// if the eigensolver did not converge.
+func symEigDense32(n, k int, a, z []float32) bool {
+	a64 := make([]float64, len(a))
+	for i, v := range a {
+		a64[i] = float64(v)
+	}
+	w, z64 := make([]float64, k), make([]float64, n*k)
+	if !symEigTop(n, k, a64, w, z64) {
+		return false
+	}
+	for i, v := range z64 {
+		z[i] = float32(v)
+	}
+	return true
+}
+
+// luFactor32 overwrites the row-major rows x cols float32 matrix y
+// (rows ≥ cols) with its LU factors with partial pivoting and records the
+// row interchanges in ipiv, zero-based: row i was interchanged with row
+// ipiv[i], in order. gonum's LAPACK is float64 only: the factorisation runs
+// on a float64 copy.
+func luFactor32(y []float32, rows, cols int, ipiv []int) {
+	y64 := make([]float64, len(y))
+	for i, v := range y {
+		y64[i] = float64(v)
+	}
+	// A zero pivot (exactly singular U) still completes the factorisation.
+	lapackImpl.Dgetrf(rows, cols, y64, cols, ipiv)
+	for i, v := range y64 {
+		y[i] = float32(v)
+	}
+}

@@ -26,30 +26,24 @@ func randomizedGram(a []float32, rows, cols, rank, l, q int, seed uint64) (*SVD,
 	y := make([]float32, short*l)
 	w := make([]float32, short*l)
 	gaussian(w, seed)
-	ws := newOrthWork(short, l)
+	ipiv := make([]int, l)
 	for it := 0; it <= q; it++ {
 		gemm32(blas.NoTrans, blas.NoTrans, short, l, short, g, short, w, l, y, l)
-		if err := ws.orthonormalize(y, it == q); err != nil {
-			return nil, err
+		luBasis(y, short, l, ipiv)
+		if it == q {
+			if err := orthonormalize(y, short, l); err != nil {
+				return nil, err
+			}
 		}
 		w, y = y, w
 	}
 	// w holds Q. Rayleigh–Ritz: T = Qᵀ·G·Q, l x l.
 	gemm32(blas.NoTrans, blas.NoTrans, short, l, short, g, short, w, l, y, l)
-	t32 := make([]float32, l*l)
-	gemm32(blas.Trans, blas.NoTrans, l, l, short, w, l, y, l, t32, l)
-	t := make([]float64, l*l)
-	for i, v := range t32 {
-		t[i] = float64(v)
-	}
-	ev := make([]float64, rank)
-	wv := make([]float64, l*rank)
-	if !symEigTop(l, rank, t, ev, wv) {
+	t := make([]float32, l*l)
+	gemm32(blas.Trans, blas.NoTrans, l, l, short, w, l, y, l, t, l)
+	w32 := make([]float32, l*rank)
+	if !symEigDense32(l, rank, t, w32) {
 		return nil, fmt.Errorf("%w: symmetric eigensolver, %d x %d projected Gram matrix", ErrNoConvergence, l, l)
-	}
-	w32 := make([]float32, len(wv))
-	for i, x := range wv {
-		w32[i] = float32(x)
 	}
 	// Left vectors as rows: Uᵀ = Wᵀ·Qᵀ (rank x short).
 	us := make([]float32, rank*short)
@@ -74,4 +68,30 @@ func randomizedGram(a []float32, rows, cols, rank, l, q int, seed uint64) (*SVD,
 		return finish32(us, vl, s, rows, cols, randZeroTol(rows, cols, s0)), nil
 	}
 	return finish32(vl, us, s, rows, cols, randZeroTol(rows, cols, s0)), nil
+}
+
+// luBasis replaces the columns of the row-major rows x cols float32 matrix y
+// (rows ≥ cols) by P·L from its LU factorisation with partial pivoting
+// y = P·L·U: a basis of the same column space with entries at most 1 in
+// magnitude and a unit diagonal that keeps the columns apart. Between power
+// iterations it stands in for an orthonormalisation at the price of one
+// float32 factorisation (as in Szlam, Kluger and Tygert's fbpca, 2014), and
+// it conditions the last iterate for the single Cholesky QR pass that
+// follows.
+func luBasis(y []float32, rows, cols int, ipiv []int) {
+	luFactor32(y, rows, cols, ipiv)
+	for i := range cols { // keep L: unit diagonal, zeros above
+		row := y[i*cols : (i+1)*cols]
+		row[i] = 1
+		clear(row[i+1:])
+	}
+	// P·L: undo the interchanges, last first.
+	for i := cols - 1; i >= 0; i-- {
+		if p := ipiv[i]; p != i {
+			a, b := y[i*cols:(i+1)*cols], y[p*cols:(p+1)*cols]
+			for j := range a {
+				a[j], b[j] = b[j], a[j]
+			}
+		}
+	}
 }

@@ -58,14 +58,16 @@ func randZeroTol(rows, cols int, s0 float64) float64 {
 //     2·short²·l against 2·short·long·l for a pass over X, and each squares
 //     the spectrum, so power iterations are cheap.
 //  2. Y = G·Ω for a Gaussian short x l test matrix Ω, then q times
-//     Y = G·Q, each Y re-orthonormalised into Q: Cholesky QR in float64
-//     (the last one twice, CholeskyQR2, orthonormal to float64 rounding),
-//     with Householder QR as the fallback when the Gram matrix of Y is not
-//     numerically positive definite.
-//  3. The top rank eigenpairs (λ, w) of the l x l matrix QᵀGQ (float64,
-//     Rayleigh–Ritz) give the left vectors U = Q·w; one pass over X gives
+//     Y = G·Q, each Y replaced by P·L from its float32 LU factorisation
+//     with partial pivoting (same span, well-scaled columns); the last one
+//     is then orthonormalised into Q by Cholesky QR in float64 (a second
+//     pass when it is ill-conditioned), with Householder QR as the fallback
+//     when the Gram matrix of Y is not numerically positive definite.
+//  3. The top rank eigenvectors w of the l x l matrix QᵀGQ (float32, the
+//     precision its products were formed in; Rayleigh–Ritz) give the left
+//     vectors U = Q·w; one pass over X gives
 //     V = XᵀU, normalised, and the singular values ‖Xᵀu‖, Rayleigh
-//     quotients of X itself rather than sqrt(λ).
+//     quotients of X itself rather than the square roots of eigenvalues.
 //
 // The float32 Gram matrix resolves singular values down to about
 // sqrt(ε₃₂)·s₀ (2.4e-4·s₀); the energy below that is negligible in the
@@ -128,42 +130,36 @@ func parallelFor(n int, fn func(i int)) {
 	wg.Wait()
 }
 
-// orthWork holds the float64 buffers of orthonormalize for one shape,
-// reused across calls: first touch of fresh memory is slow on the VMs this
-// runs on.
-type orthWork struct {
-	rows, cols int
-	y64, r     []float64
-}
-
-func newOrthWork(rows, cols int) *orthWork {
-	return &orthWork{rows: rows, cols: cols, y64: make([]float64, rows*cols), r: make([]float64, cols*cols)}
-}
+// cholQRDiagRatio is the ratio of the largest to the smallest diagonal entry
+// of a Cholesky QR pass's R (a lower bound on the condition number of the
+// basis) above which orthonormalize makes a second pass: one pass leaves an
+// orthogonality error of about κ²·ε₆₄, below float32 rounding for κ ≤ 10⁴,
+// and the LU bases it receives are normally far better conditioned.
+const cholQRDiagRatio = 1e3
 
 // orthonormalize replaces the columns of the row-major rows x cols float32
 // matrix y (rows ≥ cols) by an orthonormal basis of their span, computed in
-// float64: Cholesky QR (R from the Cholesky factor of yᵀy, then y·R⁻¹), twice
-// when twice is set (CholeskyQR2: orthonormal to float64 rounding when the
-// first pass succeeds), with Householder QR as the fallback when the Gram
-// matrix is not numerically positive definite or a column comes out far from
-// unit norm (a rank-deficient y).
-func (ws *orthWork) orthonormalize(y []float32, twice bool) error {
-	rows, cols, y64, r := ws.rows, ws.cols, ws.y64, ws.r
+// float64: Cholesky QR (R from the Cholesky factor of yᵀy, then y·R⁻¹), a
+// second pass when R's diagonal shows y ill-conditioned (CholeskyQR2), with
+// Householder QR as the fallback when the Gram matrix is not numerically
+// positive definite or a column comes out far from unit norm (a
+// rank-deficient y).
+func orthonormalize(y []float32, rows, cols int) error {
+	y64, r := make([]float64, rows*cols), make([]float64, cols*cols)
 	for i, v := range y {
 		y64[i] = float64(v)
 	}
-	passes := 1
-	if twice {
-		passes = 2
-	}
 	ok := true
-	for range passes {
+	for pass := range 2 {
 		clear(r)
 		blas64Impl.Dsyrk(blas.Upper, blas.Trans, cols, rows, 1, y64, cols, 0, r, cols)
 		if ok = lapackImpl.Dpotrf(blas.Upper, cols, r, cols); !ok {
 			break
 		}
 		blas64Impl.Dtrsm(blas.Right, blas.Upper, blas.NoTrans, blas.NonUnit, rows, cols, 1, r, cols, y64, cols)
+		if pass == 0 && diagRatio(r, cols) <= cholQRDiagRatio {
+			break
+		}
 	}
 	if ok {
 		ok = unitColumns(y64, rows, cols)
@@ -180,6 +176,20 @@ func (ws *orthWork) orthonormalize(y []float32, twice bool) error {
 		y[i] = float32(v)
 	}
 	return nil
+}
+
+// diagRatio returns max|r_ii| / min|r_ii| of the row-major n x n matrix r
+// (+Inf when one is zero).
+func diagRatio(r []float64, n int) float64 {
+	lo, hi := math.Inf(1), 0.0
+	for i := range n {
+		d := math.Abs(r[i*n+i])
+		lo, hi = math.Min(lo, d), math.Max(hi, d)
+	}
+	if !(lo > 0) {
+		return math.Inf(1)
+	}
+	return hi / lo
 }
 
 // unitColumns reports whether every column of the row-major rows x cols
