@@ -12,32 +12,23 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/deltacome/deltacome/internal/alloc"
 	"github.com/deltacome/deltacome/internal/engine"
 )
 
 type compareOptions struct {
-	ratios    string
-	methods   []string
-	schedule  string
-	groupSize int
-	include   []string
-	exclude   []string
-	workers   int
-	keep      string
-	quiet     bool
-	json      bool
+	ratios  string
+	methods []string
+	encodingFlags
+	keep  string
+	quiet bool
+	json  bool
 }
 
 func (o *compareOptions) addFlags(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.StringVar(&o.ratios, "ratios", "8,16,32", "compression ratios to measure, comma-separated (bitdelta is measured once: its size is fixed)")
 	f.StringSliceVar(&o.methods, "methods", engine.Methods, "methods to measure, comma-separated: deltacome, bitdelta, lowrank")
-	f.StringVar(&o.schedule, "schedule", "auto", `deltacome's bit widths of singular vectors: "auto", "paper", or a list such as "8:2,3:32,2:rest"`)
-	f.IntVar(&o.groupSize, "group-size", 128, "deltacome's quantization group length along each singular vector")
-	f.StringArrayVar(&o.include, "include", nil, "regexp of tensor names to compress (repeatable; replaces the default list)")
-	f.StringArrayVar(&o.exclude, "exclude", nil, "regexp of tensor names to store losslessly instead (repeatable)")
-	f.IntVar(&o.workers, "workers", 0, "tensors processed at once (0: one per CPU)")
+	o.encodingFlags.addFlags(f)
 	f.StringVar(&o.keep, "keep", "", "keep the archives in this folder (created if missing; archives of the same names are replaced) instead of deleting them")
 	f.BoolVarP(&o.quiet, "quiet", "q", false, "print the table only, no progress")
 	f.BoolVar(&o.json, "json", false, "print the results as JSON on stdout instead of a table")
@@ -55,19 +46,9 @@ func (o *compareOptions) validate() (*engine.CompareOptions, error) {
 		}
 		ratios = append(ratios, r)
 	}
-	if o.groupSize < 1 {
-		return nil, usageError{fmt.Errorf("--group-size must be >= 1, got %d", o.groupSize)}
-	}
-	if o.workers < 0 {
-		return nil, usageError{fmt.Errorf("--workers must be >= 0, got %d", o.workers)}
-	}
-	s, err := alloc.ParseSchedule(o.schedule)
+	s, sel, err := o.encodingFlags.parse()
 	if err != nil {
-		return nil, usageError{fmt.Errorf("--schedule: %w", err)}
-	}
-	sel, err := engine.NewSelector(o.include, o.exclude)
-	if err != nil {
-		return nil, usageError{err}
+		return nil, err
 	}
 	return &engine.CompareOptions{Methods: o.methods, Ratios: ratios, Schedule: s, GroupSize: o.groupSize,
 		Select: sel, Workers: o.workers, Tool: "deltacome " + Version, KeepDir: o.keep}, nil

@@ -11,24 +11,19 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/deltacome/deltacome/internal/alloc"
 	"github.com/deltacome/deltacome/internal/engine"
 	"github.com/deltacome/deltacome/internal/linalg"
 )
 
 type compressOptions struct {
-	lossless  bool
-	method    string
-	ratio     float64
-	schedule  string
-	groupSize int
-	include   []string
-	exclude   []string
-	workers   int
-	quiet     bool
-	json      bool
-	dryRun    bool
-	svd       string
+	encodingFlags
+	lossless bool
+	method   string
+	ratio    float64
+	quiet    bool
+	json     bool
+	dryRun   bool
+	svd      string
 }
 
 func (o *compressOptions) addFlags(cmd *cobra.Command) {
@@ -36,11 +31,7 @@ func (o *compressOptions) addFlags(cmd *cobra.Command) {
 	f.BoolVar(&o.lossless, "lossless", false, "store every tensor bit-exact (XOR with the base, zstd): larger, no quality loss")
 	f.Float64Var(&o.ratio, "ratio", 16, "compression ratio of each projection: its stored bytes <= fp16 size / ratio")
 	f.StringVar(&o.method, "method", engine.MethodDeltaCoMe, "how projections are stored: deltacome (quantized singular vectors), bitdelta (1 bit/weight + a scale) or lowrank (bf16 top-r factors); see Trade-offs")
-	f.StringVar(&o.schedule, "schedule", "auto", `bit widths of singular vectors: "auto", "paper", or a list such as "8:2,3:32,2:rest"`)
-	f.IntVar(&o.groupSize, "group-size", 128, "quantization group length along each singular vector")
-	f.StringArrayVar(&o.include, "include", nil, "regexp of tensor names to low-rank compress (repeatable; replaces the default list)")
-	f.StringArrayVar(&o.exclude, "exclude", nil, "regexp of tensor names to store losslessly instead (repeatable)")
-	f.IntVar(&o.workers, "workers", 0, "tensors processed at once (0: one per CPU, fewer when the largest projection would not fit ~768 MiB per worker); the archive is identical whatever the value")
+	o.encodingFlags.addFlags(f)
 	f.StringVar(&o.svd, "svd", "auto", `truncated SVD route: "exact", "randomized" (Halko et al.; faster on large matrices) or "auto" (randomized from a short side of 1536 with OpenBLAS, 512 in pure Go; exact below)`)
 	f.BoolVarP(&o.quiet, "quiet", "q", false, "print nothing but errors")
 	f.BoolVar(&o.json, "json", false, "print a JSON summary on stdout instead of text (and no progress)")
@@ -63,22 +54,12 @@ func (o *compressOptions) validate() (*engine.CompressOptions, error) {
 	if !(o.ratio >= 1) {
 		return nil, usageError{fmt.Errorf("--ratio must be >= 1, got %v", o.ratio)}
 	}
-	if o.groupSize < 1 {
-		return nil, usageError{fmt.Errorf("--group-size must be >= 1, got %d", o.groupSize)}
+	var err error
+	if eo.Schedule, eo.Select, err = o.encodingFlags.parse(); err != nil {
+		return nil, err
 	}
-	if o.workers < 0 {
-		return nil, usageError{fmt.Errorf("--workers must be >= 0, got %d", o.workers)}
-	}
-	s, err := alloc.ParseSchedule(o.schedule)
-	if err != nil {
-		return nil, usageError{fmt.Errorf("--schedule: %w", err)}
-	}
-	eo.Schedule = s
 	if eo.SVD, err = linalg.ParseMethod(o.svd); err != nil {
 		return nil, usageError{fmt.Errorf("--svd: %w", err)}
-	}
-	if eo.Select, err = engine.NewSelector(o.include, o.exclude); err != nil {
-		return nil, usageError{err}
 	}
 	return eo, nil
 }
