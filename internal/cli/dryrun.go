@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"text/tabwriter"
 
@@ -103,11 +104,7 @@ func renderPlan(out io.Writer, p *engine.CompressPlan, eo *engine.CompressOption
 	fmt.Fprintln(out)
 	tw = tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "plan\ttensors\toriginal\tat most\t")
-	kinds := make([]string, 0, len(p.ByKind))
-	for k := range p.ByKind {
-		kinds = append(kinds, k)
-	}
-	slices.Sort(kinds)
+	kinds := slices.Sorted(maps.Keys(p.ByKind))
 	var lossy, lossless engine.PlanTotals
 	for _, k := range kinds {
 		t := p.ByKind[k]

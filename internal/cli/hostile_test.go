@@ -166,7 +166,7 @@ func newManifest(edit func(js string) string, sum bool) func(raw []byte, f *stfi
 		js := edit(md[archive.MetadataKey])
 		md[archive.MetadataKey] = js
 		if sum {
-			md[archive.MetadataCRCKey] = crcHex(js)
+			md[archive.MetadataCRCKey] = archive.ManifestCRC(js)
 		}
 		var infos []stfile.Info
 		for _, n := range f.Names() {
@@ -184,16 +184,6 @@ func newManifest(edit func(js string) string, sum bool) func(raw []byte, f *stfi
 		b.Write(raw[f.DataOffset():])
 		return b.Bytes()
 	}
-}
-
-func crcHex(s string) string {
-	const hex = "0123456789abcdef"
-	c := archive.CRC32C([]byte(s))
-	out := make([]byte, 8)
-	for i := range out {
-		out[7-i] = hex[c>>(4*i)&0xf]
-	}
-	return string(out)
 }
 
 // TestHostileInputs runs every kind of bad input through the command line:

@@ -245,7 +245,7 @@ func TestReconstructFutureVersion(t *testing.T) {
 		infos = append(infos, info)
 	}
 	h, err := stfile.EncodeHeader(infos, map[string]string{archive.MetadataKey: future,
-		archive.MetadataCRCKey: crcHex(future)})
+		archive.MetadataCRCKey: archive.ManifestCRC(future)})
 	require.NoError(t, err)
 	var b bytes.Buffer
 	require.NoError(t, stfile.WriteHeader(&b, h))
@@ -253,16 +253,6 @@ func TestReconstructFutureVersion(t *testing.T) {
 	_, err = reconstructBytes(t, base, b.Bytes())
 	require.ErrorIs(t, err, archive.ErrVersion)
 	assert.Contains(t, err.Error(), "upgrade")
-}
-
-func crcHex(s string) string {
-	const hex = "0123456789abcdef"
-	c := archive.CRC32C([]byte(s))
-	out := make([]byte, 8)
-	for i := range out {
-		out[7-i] = hex[c>>(4*i)&0xf]
-	}
-	return string(out)
 }
 
 // TestNonFiniteInputs: NaN and Inf are refused wherever a delta is computed

@@ -108,7 +108,7 @@ func rewrite(t *testing.T, path string, edit func(m map[string]any)) string {
 		infos = append(infos, info)
 		data.Write(d)
 	}
-	h, err := stfile.EncodeHeader(infos, map[string]string{MetadataKey: string(js), MetadataCRCKey: manifestCRC(string(js))})
+	h, err := stfile.EncodeHeader(infos, map[string]string{MetadataKey: string(js), MetadataCRCKey: ManifestCRC(string(js))})
 	require.NoError(t, err)
 	var out bytes.Buffer
 	require.NoError(t, stfile.WriteHeader(&out, h))

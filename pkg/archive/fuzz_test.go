@@ -172,7 +172,7 @@ func withManifest(tb testing.TB, a []byte, js string) []byte {
 		info, _ := f.Info(n)
 		infos = append(infos, info)
 	}
-	h, err := stfile.EncodeHeader(infos, map[string]string{MetadataKey: js, MetadataCRCKey: manifestCRC(js)})
+	h, err := stfile.EncodeHeader(infos, map[string]string{MetadataKey: js, MetadataCRCKey: ManifestCRC(js)})
 	require.NoError(tb, err)
 	var out bytes.Buffer
 	require.NoError(tb, stfile.WriteHeader(&out, h))
@@ -300,13 +300,13 @@ func TestManifestChecksum(t *testing.T) {
 	// the checksum.
 	renamed := bytes.Replace([]byte(js), []byte(`"config.json"`), []byte(`"config.jsom"`), 1)
 	require.NotEqual(t, js, string(renamed))
-	_, err = Parse("renamed", build(map[string]string{MetadataKey: string(renamed), MetadataCRCKey: manifestCRC(js)}))
+	_, err = Parse("renamed", build(map[string]string{MetadataKey: string(renamed), MetadataCRCKey: ManifestCRC(js)}))
 	require.ErrorIs(t, err, ErrChecksum)
 
 	_, err = Parse("unsummed", build(map[string]string{MetadataKey: js}))
 	require.ErrorIs(t, err, ErrFormat)
 
-	_, err = Parse("intact", build(map[string]string{MetadataKey: js, MetadataCRCKey: manifestCRC(js)}))
+	_, err = Parse("intact", build(map[string]string{MetadataKey: js, MetadataCRCKey: ManifestCRC(js)}))
 	require.NoError(t, err)
 }
 

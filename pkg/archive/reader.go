@@ -55,7 +55,7 @@ func readManifest(f *stfile.File) (*Manifest, error) {
 	if !ok {
 		return nil, fmt.Errorf("%w: no %q in __metadata__", ErrFormat, MetadataCRCKey)
 	}
-	if want := manifestCRC(js); sum != want {
+	if want := ManifestCRC(js); sum != want {
 		return nil, fmt.Errorf("%w: manifest: crc32c %s, header says %q", ErrChecksum, want, sum)
 	}
 	var m Manifest
@@ -90,8 +90,9 @@ func readManifest(f *stfile.File) (*Manifest, error) {
 	return &m, nil
 }
 
-// manifestCRC is the MetadataCRCKey value for the manifest JSON js.
-func manifestCRC(js string) string { return fmt.Sprintf("%08x", CRC32C([]byte(js))) }
+// ManifestCRC is the MetadataCRCKey value for the manifest JSON js: its
+// CRC-32C as 8 lowercase hex digits (docs/FORMAT.md section 1).
+func ManifestCRC(js string) string { return fmt.Sprintf("%08x", CRC32C([]byte(js))) }
 
 // Blob returns the decoded bytes of b after verifying its checksum. Errors
 // wrap ErrChecksum or ErrFormat. The result may alias the file mapping

@@ -82,7 +82,7 @@ func (w *Writer) Commit(m *Manifest) (err error) {
 	if err != nil {
 		return fmt.Errorf("archive %s: encode manifest: %w", w.path, err)
 	}
-	header, err := stfile.EncodeHeader(w.infos, map[string]string{MetadataKey: string(js), MetadataCRCKey: manifestCRC(string(js))})
+	header, err := stfile.EncodeHeader(w.infos, map[string]string{MetadataKey: string(js), MetadataCRCKey: ManifestCRC(string(js))})
 	if err != nil {
 		return fmt.Errorf("archive %s: encode header: %w", w.path, err)
 	}
