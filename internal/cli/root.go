@@ -86,6 +86,7 @@ back into full weights that transformers and vLLM load unchanged.
 	}
 	root.SetOut(out)
 	root.SetErr(errOut)
+	addProfileFlag(root)
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(newCompressCmd(), newReconstructCmd(), newInspectCmd(), newVerifyCmd(),
 		newCompareCmd(), newFingerprintCmd(), newVersionCmd(),

@@ -36,9 +36,11 @@ func name(dt safetensors.DType) string {
 	return fmt.Sprintf("DType(%d)", uint8(dt))
 }
 
-// checkLen returns an error unless dt is a supported float dtype and nBytes
-// holds exactly n elements of it.
-func checkLen(n, nBytes int, dt safetensors.DType) error {
+// CheckLen returns an error unless dt is a supported float dtype and nBytes
+// holds exactly n elements of it: the check Decode and Encode make, for
+// callers that convert a buffer in parts. Errors wrap ErrUnsupported or
+// ErrLength.
+func CheckLen(n, nBytes int, dt safetensors.DType) error {
 	if !IsFloat(dt) {
 		return fmt.Errorf("dtype %s: %w", name(dt), ErrUnsupported)
 	}
@@ -57,7 +59,7 @@ func checkLen(n, nBytes int, dt safetensors.DType) error {
 // F16, F32 or F64, and one wrapping ErrLength on a length mismatch; dst is left
 // unchanged in both cases.
 func Decode(dst []float32, src []byte, dt safetensors.DType) error {
-	if err := checkLen(len(dst), len(src), dt); err != nil {
+	if err := CheckLen(len(dst), len(src), dt); err != nil {
 		return fmt.Errorf("decode: %w", err)
 	}
 	switch dt {
@@ -109,7 +111,7 @@ func decodeBF16(dst []float32, src []byte) {
 // F16, F32 or F64, and one wrapping ErrLength on a length mismatch; dst is left
 // unchanged in both cases.
 func Encode(dst []byte, src []float32, dt safetensors.DType) error {
-	if err := checkLen(len(src), len(dst), dt); err != nil {
+	if err := CheckLen(len(src), len(dst), dt); err != nil {
 		return fmt.Errorf("encode: %w", err)
 	}
 	switch dt {

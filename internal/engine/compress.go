@@ -260,10 +260,11 @@ func encodeTensor(base, ft *checkpoint.Checkpoint, name string, opt CompressOpti
 		return nil, fmt.Errorf("%w: fine-tune: %w", ErrInput, err)
 	}
 	e := &encoded{rec: archive.Tensor{Name: name, DType: t.DType.String(), Shape: t.Shape, Shard: t.Shard,
-		Bytes: int64(len(data)), SHA256: sha256Hex(data)}}
+		Bytes: int64(len(data))}}
 
 	bt, inBase := base.Tensor(name)
 	if !inBase {
+		e.rec.SHA256 = sha256Hex(data)
 		return e, e.storeFull(data, t.DType)
 	}
 	if !slices.Equal(bt.Shape, t.Shape) {
@@ -273,7 +274,7 @@ func encodeTensor(base, ft *checkpoint.Checkpoint, name string, opt CompressOpti
 	if err != nil {
 		return nil, fmt.Errorf("%w: base: %w", ErrInput, err)
 	}
-	e.baseSHA = sha256Hex(bdata)
+	e.rec.SHA256, e.baseSHA = sha256Both(data, bdata)
 
 	switch {
 	case bt.DType == t.DType && e.baseSHA == e.rec.SHA256 && bytes.Equal(bdata, data):
@@ -403,6 +404,19 @@ func readSmallFile(path string, size int64) ([]byte, error) {
 		return nil, fmt.Errorf("%s changed size while being read", path)
 	}
 	return data, nil
+}
+
+// sha256Both returns sha256Hex of a and of b, hashed concurrently.
+func sha256Both(a, b []byte) (string, string) {
+	var ha string
+	done := make(chan struct{})
+	go func() {
+		ha = sha256Hex(a)
+		close(done)
+	}()
+	hb := sha256Hex(b)
+	<-done
+	return ha, hb
 }
 
 func sha256Hex(b []byte) string {

@@ -74,8 +74,9 @@ func (e *encoded) storeLowRankBF16(delta []float32, rows, cols int, ratio float6
 }
 
 // decodeBaseline rebuilds a tensor stored as bitdelta or lowrank-bf16 over
-// its base bytes; blob returns the decoded blob of a role.
-func decodeBaseline(rec *archive.Tensor, bdata []byte, bdt safetensors.DType, blob func(role string) ([]byte, error)) ([]byte, error) {
+// its base bytes into a buffer from alloc; blob returns the decoded blob of a
+// role.
+func decodeBaseline(rec *archive.Tensor, bdata []byte, bdt safetensors.DType, blob func(role string) ([]byte, error), alloc func(n int64) []byte) ([]byte, error) {
 	dt, err := safetensors.ParseDType(rec.DType)
 	if err != nil || len(rec.Shape) != 2 {
 		return nil, fmt.Errorf("%w: tensor %q: %s record with dtype %s shape %v", archive.ErrFormat, rec.Name, rec.Kind, rec.DType, rec.Shape)
@@ -94,7 +95,7 @@ func decodeBaseline(rec *archive.Tensor, bdata []byte, bdt safetensors.DType, bl
 			return nil, err
 		}
 	}
-	out := make([]byte, rec.Bytes)
+	out := alloc(rec.Bytes)
 	if rec.Kind == archive.KindLowRankBF16 {
 		err = lora.Apply(out, dt, bdata, bdt, rows, cols, rec.LowRankBF16, parts[0], parts[1])
 	} else {

@@ -191,10 +191,10 @@ func TestMethodCorruptBlobs(t *testing.T) {
 				return d[:len(d)-1], err
 			}
 			bt := tensors(t, tinyBase)[rec.Name]
-			_, err = decodeBaseline(rec, bt, safetensors.BF16, short)
+			_, err = decodeBaseline(rec, bt, safetensors.BF16, short, newBuffer)
 			assert.ErrorIs(t, err, archive.ErrFormat)
 			failing := func(string) ([]byte, error) { return nil, errors.New("read failed") }
-			_, err = decodeBaseline(rec, bt, safetensors.BF16, failing)
+			_, err = decodeBaseline(rec, bt, safetensors.BF16, failing, newBuffer)
 			assert.Error(t, err)
 		})
 	}

@@ -197,7 +197,7 @@ func checkTensor(ar *archive.Reader, base, ft *checkpoint.Checkpoint, rec *archi
 	c.RecordedError, _, _ = rec.DeltaError()
 	defer base.Release(rec.Name)
 	defer ft.Release(rec.Name)
-	out, err := decodeTensor(ar, base, rec, baseRec, fp, false)
+	out, err := decodeTensor(ar, base, rec, baseRec, fp, false, newBuffer)
 	if err != nil {
 		return c, err
 	}

@@ -32,14 +32,20 @@ func defaultWorkers(ft *checkpoint.Checkpoint) int {
 	return poolSize(largest)
 }
 
-// reconstructWorkers sizes the reconstruct pool the same way: a low-rank
-// tensor in flight holds the base and the product in float32 and the output
-// in its dtype (at most 12 bytes per element), any other tensor its bytes.
+// reconstructWorkers sizes the reconstruct pool the same way: a tensor in
+// flight holds its output bytes; a Delta-CoMe one also its decoded factors
+// in float32 (lowrank.Apply forms the product a block of rows at a time),
+// a BitDelta or low-rank-bf16 one the base and the delta in float32 (at most
+// 12 bytes per element in all).
 func reconstructWorkers(m *archive.Manifest) int {
 	var largest int64
 	for _, t := range m.Tensors {
 		n := t.Bytes
-		if len(t.Shape) == 2 && t.Kind != archive.KindSame && t.Kind != archive.KindXOR && t.Kind != archive.KindFull {
+		switch {
+		case len(t.Shape) != 2:
+		case t.Kind == archive.KindLowRank && t.LowRank != nil:
+			n += 4 * int64(t.LowRank.Rank) * int64(t.Shape[0]+t.Shape[1])
+		case t.Kind == archive.KindBitDelta || t.Kind == archive.KindLowRankBF16:
 			n = 12 * int64(t.Shape[0]) * int64(t.Shape[1])
 		}
 		largest = max(largest, n)

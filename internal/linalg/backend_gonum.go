@@ -75,19 +75,8 @@ func symEigDense32(n, k int, a, z []float32) bool {
 	return true
 }
 
-// luFactor32 overwrites the row-major rows x cols float32 matrix y
-// (rows ≥ cols) with its LU factors with partial pivoting and records the
-// row interchanges in ipiv, zero-based: row i was interchanged with row
-// ipiv[i], in order. gonum's LAPACK is float64 only: the factorisation runs
-// on a float64 copy.
-func luFactor32(y []float32, rows, cols int, ipiv []int) {
-	y64 := make([]float64, len(y))
-	for i, v := range y {
-		y64[i] = float64(v)
-	}
-	// A zero pivot (exactly singular U) still completes the factorisation.
-	lapackImpl.Dgetrf(rows, cols, y64, cols, ipiv)
-	for i, v := range y64 {
-		y[i] = float32(v)
-	}
-}
+// blasThreads and setBLASThreads are no-ops for gonum's BLAS, which spreads
+// large products over goroutines under the Go scheduler.
+func blasThreads() int { return 1 }
+
+func setBLASThreads(int) {}

@@ -4,6 +4,8 @@ package linalg
 
 /*
 #cgo LDFLAGS: -lopenblas -llapacke
+int openblas_get_num_threads(void);
+void openblas_set_num_threads(int);
 */
 import "C"
 
@@ -98,15 +100,8 @@ func symEigDense32(n, k int, a, z []float32) bool {
 	return true
 }
 
-// luFactor32 overwrites the row-major rows x cols float32 matrix y
-// (rows ≥ cols) with its LU factors with partial pivoting (LAPACK sgetrf, in
-// float32) and records the row interchanges in ipiv, zero-based: row i was
-// interchanged with row ipiv[i], in order.
-func luFactor32(y []float32, rows, cols int, ipiv []int) {
-	piv := make([]int32, cols)
-	// A zero pivot (exactly singular U) still completes the factorisation.
-	lapacke.Sgetrf(rows, cols, y, cols, piv)
-	for i, p := range piv {
-		ipiv[i] = int(p) - 1 // LAPACKE numbers rows from 1
-	}
-}
+// blasThreads returns the number of threads OpenBLAS runs a product on.
+func blasThreads() int { return int(C.openblas_get_num_threads()) }
+
+// setBLASThreads sets the number of threads OpenBLAS runs a product on.
+func setBLASThreads(n int) { C.openblas_set_num_threads(C.int(n)) }

@@ -11,6 +11,11 @@ import (
 // transposed operands (see nativeTranspose) a transposed operand is copied
 // out transposed first.
 func gemm32(tA, tB blas.Transpose, m, n, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int) {
+	gemm32ab(tA, tB, m, n, k, 1, a, lda, b, ldb, 0, c, ldc)
+}
+
+// gemm32ab is gemm32 computing c = alpha·op(a)·op(b) + beta·c.
+func gemm32ab(tA, tB blas.Transpose, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
 	if m == 0 || n == 0 {
 		return
 	}
@@ -22,7 +27,7 @@ func gemm32(tA, tB blas.Transpose, m, n, k int, a []float32, lda int, b []float3
 			b, ldb, tB = transpose(b, n, k, ldb), n, blas.NoTrans
 		}
 	}
-	blas32Impl.Sgemm(tA, tB, m, n, k, 1, a, lda, b, ldb, 0, c, ldc)
+	blas32Impl.Sgemm(tA, tB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 }
 
 // gemm64 is gemm32 for float64 matrices.
@@ -88,4 +93,25 @@ func MulAdd(dst, a, b []float32, m, k, n int) {
 		return
 	}
 	blas32Impl.Sgemm(blas.NoTrans, blas.NoTrans, m, n, k, 1, a, k, b, n, 1, dst, n)
+}
+
+// MulT writes aᵀ·b into dst, or adds it to dst when acc is true, for dst
+// row-major m x n, a stored row-major k x m with row stride lda (a block of
+// columns of a wider matrix) and b row-major k x n, in float32 through the
+// build's BLAS. It panics if a slice is too short for its shape.
+func MulT(dst, a []float32, lda int, b []float32, m, k, n int, acc bool) {
+	if len(dst) != m*n || len(b) != k*n || lda < m || (k > 0 && len(a) < (k-1)*lda+m) {
+		panic(fmt.Sprintf("linalg: MulT: (%d x %d, stride %d)ᵀ times %d x %d: %d, %d and %d values", k, m, lda, k, n, len(a), len(b), len(dst)))
+	}
+	beta := float32(0)
+	if acc {
+		beta = 1
+	}
+	if k == 0 {
+		if !acc {
+			clear(dst)
+		}
+		return
+	}
+	gemm32ab(blas.Trans, blas.NoTrans, m, n, k, 1, a, lda, b, n, beta, dst, n)
 }

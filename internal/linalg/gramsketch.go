@@ -7,9 +7,9 @@ import (
 	"gonum.org/v1/gonum/blas"
 )
 
-// randomizedGram carries out Randomized's steps 1-3 with a sketch of l
-// columns and q power iterations; seed seeds Ω.
-func randomizedGram(a []float32, rows, cols, rank, l, q int, seed uint64) (*SVD, error) {
+// randomizedGram carries out Randomized's steps 1-3 with a Krylov space of
+// depth blocks of b columns; seed seeds Ω.
+func randomizedGram(a []float32, rows, cols, rank, b, depth int, seed uint64) (*SVD, error) {
 	short, long := min(rows, cols), max(rows, cols)
 	wide := rows <= cols
 	g := make([]float32, short*short)
@@ -23,24 +23,14 @@ func randomizedGram(a []float32, rows, cols, rank, l, q int, seed uint64) (*SVD,
 			g[i*short+j] = g[j*short+i]
 		}
 	}
-	y := make([]float32, short*l)
-	w := make([]float32, short*l)
-	gaussian(w, seed)
-	ipiv := make([]int, l)
-	for it := 0; it <= q; it++ {
-		gemm32(blas.NoTrans, blas.NoTrans, short, l, short, g, short, w, l, y, l)
-		luBasis(y, short, l, ipiv)
-		if it == q {
-			if err := orthonormalize(y, short, l); err != nil {
-				return nil, err
-			}
-		}
-		w, y = y, w
+	w, gw, err := krylovBasis(g, short, b, depth, seed)
+	if err != nil {
+		return nil, err
 	}
-	// w holds Q. Rayleigh–Ritz: T = Qᵀ·G·Q, l x l.
-	gemm32(blas.NoTrans, blas.NoTrans, short, l, short, g, short, w, l, y, l)
+	// Rayleigh–Ritz: T = Qᵀ·(G·Q), l x l.
+	l := b * depth
 	t := make([]float32, l*l)
-	gemm32(blas.Trans, blas.NoTrans, l, l, short, w, l, y, l, t, l)
+	gemm32(blas.Trans, blas.NoTrans, l, l, short, w, l, gw, l, t, l)
 	w32 := make([]float32, l*rank)
 	if !symEigDense32(l, rank, t, w32) {
 		return nil, fmt.Errorf("%w: symmetric eigensolver, %d x %d projected Gram matrix", ErrNoConvergence, l, l)
@@ -70,28 +60,47 @@ func randomizedGram(a []float32, rows, cols, rank, l, q int, seed uint64) (*SVD,
 	return finish32(vl, us, s, rows, cols, randZeroTol(rows, cols, s0)), nil
 }
 
-// luBasis replaces the columns of the row-major rows x cols float32 matrix y
-// (rows ≥ cols) by P·L from its LU factorisation with partial pivoting
-// y = P·L·U: a basis of the same column space with entries at most 1 in
-// magnitude and a unit diagonal that keeps the columns apart. Between power
-// iterations it stands in for an orthonormalisation at the price of one
-// float32 factorisation (as in Szlam, Kluger and Tygert's fbpca, 2014), and
-// it conditions the last iterate for the single Cholesky QR pass that
-// follows.
-func luBasis(y []float32, rows, cols int, ipiv []int) {
-	luFactor32(y, rows, cols, ipiv)
-	for i := range cols { // keep L: unit diagonal, zeros above
-		row := y[i*cols : (i+1)*cols]
-		row[i] = 1
-		clear(row[i+1:])
-	}
-	// P·L: undo the interchanges, last first.
-	for i := cols - 1; i >= 0; i-- {
-		if p := ipiv[i]; p != i {
-			a, b := y[i*cols:(i+1)*cols], y[p*cols:(p+1)*cols]
-			for j := range a {
-				a[j], b[j] = b[j], a[j]
+// krylovBasis returns an orthonormal basis Q (row-major n x l, one basis
+// vector per column, l = b·d) of the block Krylov space
+// span{G·Ω, G²·Ω, ..., G^d·Ω} of the symmetric n x n float32 matrix g, for
+// a Gaussian n x b test matrix Ω, and G·Q, which the Rayleigh–Ritz step
+// needs and the iteration computes anyway. It is block Lanczos with full
+// reorthogonalisation: each new block G·Q_j is orthogonalised against
+// every block so far by classical Gram–Schmidt applied twice (in float32,
+// through the BLAS), then orthonormalised in float64 (orthonormalize). The
+// blocks never meet the rounding trouble of raw powers G^j·Ω, whose columns
+// all turn towards the top eigenvectors. It costs d+1 products with G of b
+// columns each and 8·n·l² more for the reorthogonalisation.
+func krylovBasis(g []float32, n, b, d int, seed uint64) (q, gq []float32, err error) {
+	l := b * d
+	q, gq = make([]float32, n*l), make([]float32, n*l)
+	w, next := make([]float32, n*b), make([]float32, n*b)
+	c := make([]float32, l*b)
+	gaussian(next, seed)
+	gemm32(blas.NoTrans, blas.NoTrans, n, b, n, g, n, next, b, w, b) // G·Ω
+	for j := range d {
+		if j > 0 { // w -= Q_{1..j}·(Q_{1..j}ᵀ·w), twice
+			done := j * b
+			for range 2 {
+				gemm32ab(blas.Trans, blas.NoTrans, done, b, n, 1, q, l, w, b, 0, c, b)
+				gemm32ab(blas.NoTrans, blas.NoTrans, n, b, done, -1, q, l, c, b, 1, w, b)
 			}
 		}
+		if err := orthonormalize(w, n, b); err != nil {
+			return nil, nil, err
+		}
+		setCols(q, l, j*b, w, b)
+		gemm32(blas.NoTrans, blas.NoTrans, n, b, n, g, n, w, b, next, b) // G·Q_j: next block, and part of G·Q
+		setCols(gq, l, j*b, next, b)
+		w, next = next, w
+	}
+	return q, gq, nil
+}
+
+// setCols copies the row-major n x b matrix src into columns c0..c0+b-1 of
+// the row-major matrix dst of row length ld.
+func setCols(dst []float32, ld, c0 int, src []float32, b int) {
+	for i := range len(src) / b {
+		copy(dst[i*ld+c0:i*ld+c0+b], src[i*b:(i+1)*b])
 	}
 }

@@ -5,16 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"runtime"
 	"slices"
-	"sync"
-	"sync/atomic"
 
 	"github.com/nlpodyssey/safetensors"
 
 	"github.com/deltacome/deltacome/internal/alloc"
 	"github.com/deltacome/deltacome/internal/dtype"
 	"github.com/deltacome/deltacome/internal/linalg"
+	"github.com/deltacome/deltacome/internal/par"
 	"github.com/deltacome/deltacome/internal/quant"
 	"github.com/deltacome/deltacome/pkg/archive"
 )
@@ -62,28 +60,61 @@ func Budget(rows, cols int, ratio float64) int64 {
 }
 
 // Delta writes ft - base, element by element in float32, into dst. It
-// returns an error wrapping ErrNonFinite when either input holds NaN or Inf.
+// returns an error wrapping ErrNonFinite when either input holds NaN or Inf
+// (naming the first such element of the fine-tune, else of the base), or
+// when a difference overflows. It works in chunks on every core.
 func Delta(dst []float32, ft []byte, ftDT safetensors.DType, base []byte, baseDT safetensors.DType) error {
-	if err := dtype.Decode(dst, ft, ftDT); err != nil {
+	// Whole-length checks first, so that no chunk can fail on its own.
+	if err := dtype.CheckLen(len(dst), len(ft), ftDT); err != nil {
 		return fmt.Errorf("fine-tune: %w", err)
 	}
-	if i := firstNonFinite(dst); i >= 0 {
-		return fmt.Errorf("%w: fine-tune element %d is %v", ErrNonFinite, i, dst[i])
-	}
-	b := make([]float32, len(dst))
-	if err := dtype.Decode(b, base, baseDT); err != nil {
+	if err := dtype.CheckLen(len(dst), len(base), baseDT); err != nil {
 		return fmt.Errorf("base: %w", err)
 	}
-	if i := firstNonFinite(b); i >= 0 {
-		return fmt.Errorf("%w: base element %d is %v", ErrNonFinite, i, b[i])
-	}
-	for i := range dst {
-		dst[i] -= b[i]
-	}
-	if i := firstNonFinite(dst); i >= 0 {
-		return fmt.Errorf("%w: delta element %d overflows float32", ErrNonFinite, i)
+	n := (len(dst) + deltaChunk - 1) / deltaChunk
+	bad := make([][3]int, n) // per chunk: first non-finite of ft, base, delta (-1: none)
+	fs, bs := int(ftDT.Size()), int(baseDT.Size())
+	newScratch := func() []float32 { return make([]float32, deltaChunk) }
+	par.For(n, 0, newScratch, func(scratch []float32, c int) {
+		lo, hi := c*deltaChunk, min((c+1)*deltaChunk, len(dst))
+		d, b := dst[lo:hi], scratch[:hi-lo]
+		_ = dtype.Decode(d, ft[lo*fs:hi*fs], ftDT) // lengths and dtypes checked above
+		_ = dtype.Decode(b, base[lo*bs:hi*bs], baseDT)
+		bad[c] = [3]int{firstNonFinite(d), firstNonFinite(b), -1}
+		for i := range d {
+			d[i] -= b[i]
+		}
+		if bad[c][0] < 0 && bad[c][1] < 0 {
+			bad[c][2] = firstNonFinite(d)
+		}
+	})
+	for k, what := range [...]string{"fine-tune element %d is %v", "base element %d is %v", "delta element %d overflows float32"} {
+		for c, bc := range bad {
+			if i := bc[k]; i >= 0 {
+				i += c * deltaChunk
+				switch k {
+				case 0:
+					return fmt.Errorf("%w: "+what, ErrNonFinite, i, dtypeValue(ft, ftDT, i))
+				case 1:
+					return fmt.Errorf("%w: "+what, ErrNonFinite, i, dtypeValue(base, baseDT, i))
+				}
+				return fmt.Errorf("%w: "+what, ErrNonFinite, i)
+			}
+		}
 	}
 	return nil
+}
+
+// deltaChunk is the number of elements Delta converts on one goroutine at a
+// time.
+const deltaChunk = 1 << 16
+
+// dtypeValue decodes element i of src, of dtype dt.
+func dtypeValue(src []byte, dt safetensors.DType, i int) float32 {
+	var v [1]float32
+	size := int(dt.Size())
+	_ = dtype.Decode(v[:], src[i*size:(i+1)*size], dt)
+	return v[0]
 }
 
 func firstNonFinite(x []float32) int {
@@ -220,9 +251,6 @@ type measurer struct {
 }
 
 func newMeasurer(svd *linalg.SVD, g, workers int) *measurer {
-	if workers < 1 {
-		workers = runtime.GOMAXPROCS(0)
-	}
 	return &measurer{svd: svd, opt: quant.Options{GroupSize: g, ClipSearch: true}, workers: workers}
 }
 
@@ -295,19 +323,7 @@ func (m *measurer) measureWidth(bits int) []float64 {
 // each with its own scratch buffers. Items are independent, so the results
 // do not depend on the schedule.
 func (m *measurer) parallel(n int, fn func(w *roundTripper, j int)) {
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range min(m.workers, n) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var w roundTripper
-			for j := int(next.Add(1) - 1); j < n; j = int(next.Add(1) - 1) {
-				fn(&w, j)
-			}
-		}()
-	}
-	wg.Wait()
+	par.For(n, m.workers, func() *roundTripper { return new(roundTripper) }, fn)
 }
 
 // roundTripper holds one goroutine's quantization scratch buffers: slot 0
@@ -393,42 +409,75 @@ const residualRows = 256
 
 // residualSq returns |delta - Delta_hat|_F^2 for the factors f, decoded as
 // reconstruct decodes them, forming Delta_hat a block of rows at a time.
+// Its products use the BLAS's own threads (see linalg.SingleThreaded), and
+// the squares are summed by fixed blocks in order: the result is the same
+// for any number of workers.
 func residualSq(delta []float32, rows, cols int, f *Factors, rec *archive.LowRank) (float64, error) {
-	us, vt, err := f.decode(rows, cols, rec)
+	ust, vt, err := f.decode(rows, cols, rec)
 	if err != nil {
 		return 0, err
 	}
-	r := rec.Rank
-	blk := make([]float32, min(residualRows, rows)*cols)
+	hat := make([]float32, min(blockRows, rows)*cols)
 	var sum float64
-	for r0 := 0; r0 < rows; r0 += residualRows {
-		r1 := min(r0+residualRows, rows)
-		hat := blk[:(r1-r0)*cols]
-		linalg.Mul(hat, us[r0*r:r1*r], vt, r1-r0, r, cols)
-		for i, d := range delta[r0*cols : r1*cols] {
-			x := float64(d - hat[i])
-			sum += x * x
+	for r0 := 0; r0 < rows; r0 += blockRows {
+		r1 := min(r0+blockRows, rows)
+		h := hat[:(r1-r0)*cols]
+		linalg.MulT(h, ust[r0:], rows, vt, r1-r0, rec.Rank, cols, false)
+		d := delta[r0*cols : r1*cols]
+		parts := make([]float64, (len(h)+sumChunk-1)/sumChunk)
+		par.Each(len(parts), func(c int) {
+			var part float64
+			for i := c * sumChunk; i < min((c+1)*sumChunk, len(h)); i++ {
+				x := float64(d[i] - h[i])
+				part += x * x
+			}
+			parts[c] = part
+		})
+		for _, p := range parts {
+			sum += p
 		}
 	}
 	return sum, nil
+}
+
+// sumChunk is the number of squares residualSq sums on one goroutine.
+const sumChunk = 1 << 16
+
+// blockRows is the number of rows of Delta_hat formed at a time by
+// residualSq and Apply: no rows x cols float32 copy is needed, and a block
+// stays in cache between its product and its use.
+const blockRows = 256
+
+// applyBlocks calls fn for consecutive blocks of at most blockRows rows
+// [r0, r1) of a rows x cols matrix, on GOMAXPROCS goroutines, each with a
+// scratch buffer of (r1-r0)·cols float32 values, with the BLAS running each
+// product on its calling goroutine's thread (linalg.SingleThreaded).
+func applyBlocks(rows, cols int, fn func(r0, r1 int, buf []float32)) {
+	defer linalg.SingleThreaded()()
+	newBuf := func() []float32 { return make([]float32, min(blockRows, rows)*cols) }
+	par.For((rows+blockRows-1)/blockRows, 0, newBuf, func(buf []float32, b int) {
+		r0, r1 := b*blockRows, min((b+1)*blockRows, rows)
+		fn(r0, r1, buf[:(r1-r0)*cols])
+	})
 }
 
 // Product decodes f and returns Delta_hat = U_q diag(sigma) V_q^T, row-major
 // rows x cols. It checks every blob's length against rec (errors wrap
 // archive.ErrFormat) and that sigma is finite.
 func (f *Factors) Product(rows, cols int, rec *archive.LowRank) ([]float32, error) {
-	us, vt, err := f.decode(rows, cols, rec)
+	ust, vt, err := f.decode(rows, cols, rec)
 	if err != nil {
 		return nil, err
 	}
 	out := make([]float32, rows*cols)
-	linalg.Mul(out, us, vt, rows, rec.Rank, cols)
+	linalg.MulT(out, ust, rows, vt, rows, rec.Rank, cols, false)
 	return out, nil
 }
 
-// decode checks f against rec and returns U_q diag(sigma) (row-major
-// rows x rank) and V_q^T (row-major rank x cols).
-func (f *Factors) decode(rows, cols int, rec *archive.LowRank) (us, vt []float32, err error) {
+// decode checks f against rec and returns (U_q diag(sigma))^T (row-major
+// rank x rows: one scaled left vector per row) and V_q^T (row-major
+// rank x cols).
+func (f *Factors) decode(rows, cols int, rec *archive.LowRank) (ust, vt []float32, err error) {
 	r, g := rec.Rank, rec.GroupSize
 	if r > min(rows, cols) {
 		return nil, nil, fmt.Errorf("%w: rank %d exceeds %dx%d", archive.ErrFormat, r, rows, cols)
@@ -448,75 +497,102 @@ func (f *Factors) decode(rows, cols int, rec *archive.LowRank) (us, vt []float32
 		return nil, nil, fmt.Errorf("%w: qparam blobs have %d and %d bytes, want %d and %d", archive.ErrFormat,
 			len(f.UQParams), len(f.VQParams), nqu, nqv)
 	}
-	us = make([]float32, rows*r) // row-major rows x r: U_q diag(sigma)
-	vt = make([]float32, r*cols) // row-major r x cols: V_q^T
-	var ur, vr quant.BitReader
-	ur.Reset(f.UCodes)
-	vr.Reset(f.VCodes)
-	u := make([]float32, rows)
-	j := 0
-	var uqp, vqp []byte = f.UQParams, f.VQParams
+	// Vector j's codes start after those of the vectors before it, and its
+	// qparams at a fixed stride: the vectors decode independently.
+	bitsOf := make([]int, 0, r)
 	for _, band := range rec.Bands {
-		for k := 0; k < band.Count; k++ {
-			s := math.Float32frombits(binary.LittleEndian.Uint32(f.Sigma[4*j:]))
-			if s-s != 0 {
-				return nil, nil, fmt.Errorf("%w: singular value %d is %v", archive.ErrFormat, j, s)
-			}
-			if uqp, err = decodeVector(u, &ur, uqp, band.Bits, g); err != nil {
-				return nil, nil, err
-			}
-			for i, x := range u {
-				us[i*r+j] = x * s
-			}
-			if vqp, err = decodeVector(vt[j*cols:(j+1)*cols], &vr, vqp, band.Bits, g); err != nil {
-				return nil, nil, err
-			}
-			j++
+		for range band.Count {
+			bitsOf = append(bitsOf, band.Bits)
 		}
 	}
-	return us, vt, nil
+	if len(bitsOf) != r {
+		return nil, nil, fmt.Errorf("%w: bands hold %d vectors, rank is %d", archive.ErrFormat, len(bitsOf), r)
+	}
+	sigma := make([]float32, r)
+	for j := range sigma {
+		s := math.Float32frombits(binary.LittleEndian.Uint32(f.Sigma[4*j:]))
+		if s-s != 0 {
+			return nil, nil, fmt.Errorf("%w: singular value %d is %v", archive.ErrFormat, j, s)
+		}
+		sigma[j] = s
+	}
+	ust = make([]float32, r*rows)
+	vt = make([]float32, r*cols)
+	starts := make([]int, r) // sum of the widths before j
+	for j := 1; j < r; j++ {
+		starts[j] = starts[j-1] + bitsOf[j-1]
+	}
+	errs := make([]error, r)
+	ngu, ngv := quant.NumGroups(rows, g), quant.NumGroups(cols, g)
+	par.Each(r, func(j int) {
+		u := ust[j*rows : (j+1)*rows]
+		if err := decodeVector(u, f.UCodes, rows*starts[j], f.UQParams[4*ngu*j:4*ngu*(j+1)], bitsOf[j], g); err != nil {
+			errs[j] = err
+			return
+		}
+		for i := range u {
+			u[i] *= sigma[j]
+		}
+		errs[j] = decodeVector(vt[j*cols:(j+1)*cols], f.VCodes, cols*starts[j], f.VQParams[4*ngv*j:4*ngv*(j+1)], bitsOf[j], g)
+	})
+	if err := errors.Join(errs...); err != nil {
+		return nil, nil, err
+	}
+	return ust, vt, nil
 }
 
 // packedLen is the byte length of a code stream of vectors of n elements
 // whose widths sum to sumBits.
 func packedLen(n, sumBits int) int { return (n*sumBits + 7) / 8 }
 
-// decodeVector reads one vector's codes from br and its qparams from the
-// front of qp, dequantizes into dst and returns the rest of qp.
-func decodeVector(dst []float32, br *quant.BitReader, qp []byte, bits, g int) ([]byte, error) {
+// decodeVector dequantizes into dst the codes that start at bit pos of
+// codes, with the quantization parameters qp (bf16 scale and min per group).
+func decodeVector(dst []float32, codes []byte, pos int, qp []byte, bits, g int) error {
 	ng := quant.NumGroups(len(dst), g)
-	codes := make([]uint8, len(dst))
-	if err := br.ReadCodes(codes, bits); err != nil {
-		return nil, fmt.Errorf("%w: codes: %v", archive.ErrFormat, err)
+	c := make([]uint8, len(dst))
+	var br quant.BitReader
+	br.Reset(codes)
+	br.Seek(pos)
+	if err := br.ReadCodes(c, bits); err != nil {
+		return fmt.Errorf("%w: codes: %v", archive.ErrFormat, err)
 	}
 	scales, mins := make([]uint16, ng), make([]uint16, ng)
 	for k := 0; k < ng; k++ {
 		scales[k] = binary.LittleEndian.Uint16(qp[4*k:])
 		mins[k] = binary.LittleEndian.Uint16(qp[4*k+2:])
 		if s, mn := dtype.Float32FromBF16(scales[k]), dtype.Float32FromBF16(mins[k]); s-s != 0 || mn-mn != 0 {
-			return nil, fmt.Errorf("%w: non-finite quantization parameter", archive.ErrFormat)
+			return fmt.Errorf("%w: non-finite quantization parameter", archive.ErrFormat)
 		}
 	}
-	quant.Dequantize(dst, codes, scales, mins, bits, g)
-	return qp[4*ng:], nil
+	quant.Dequantize(dst, c, scales, mins, bits, g)
+	return nil
 }
 
 // Apply writes base + Delta_hat into dst, encoded as dt (rounding to nearest
 // even). base is decoded from baseDT; dst must hold rows x cols elements of dt.
+// It works a block of rows at a time on every core, so that no rows x cols
+// float32 copy is needed.
 func Apply(dst []byte, dt safetensors.DType, base []byte, baseDT safetensors.DType, rows, cols int, rec *archive.LowRank, f *Factors) error {
 	if rec == nil {
 		return fmt.Errorf("%w: low-rank record missing", archive.ErrFormat)
 	}
-	us, vt, err := f.decode(rows, cols, rec)
+	ust, vt, err := f.decode(rows, cols, rec)
 	if err != nil {
 		return err
 	}
-	w := make([]float32, rows*cols)
-	if err := dtype.Decode(w, base, baseDT); err != nil {
+	if err := dtype.CheckLen(rows*cols, len(base), baseDT); err != nil {
 		return fmt.Errorf("base: %w", err)
 	}
-	linalg.MulAdd(w, us, vt, rows, rec.Rank, cols)
-	return dtype.Encode(dst, w, dt)
+	if err := dtype.CheckLen(rows*cols, len(dst), dt); err != nil {
+		return fmt.Errorf("output: %w", err)
+	}
+	inSize, outSize := int(baseDT.Size()), int(dt.Size())
+	applyBlocks(rows, cols, func(r0, r1 int, w []float32) {
+		_ = dtype.Decode(w, base[r0*cols*inSize:r1*cols*inSize], baseDT) // dtypes and lengths checked above
+		linalg.MulT(w, ust[r0:], rows, vt, r1-r0, rec.Rank, cols, true)
+		_ = dtype.Encode(dst[r0*cols*outSize:r1*cols*outSize], w, dt)
+	})
+	return nil
 }
 
 func sumSq(x []float32) float64 {

@@ -1,15 +1,19 @@
 package lowrank
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math"
 	"math/rand/v2"
 	"testing"
 
+	"github.com/nlpodyssey/safetensors"
+
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/deltacome/deltacome/internal/alloc"
+	"github.com/deltacome/deltacome/internal/dtype"
 	"github.com/deltacome/deltacome/internal/linalg"
 )
 
@@ -204,4 +208,39 @@ func BenchmarkEncode(b *testing.B) {
 			})
 		}
 	}
+}
+
+func TestDeltaChunks(t *testing.T) {
+	// Several chunks and a partial one; values exact in bf16 and float32.
+	n := 2*deltaChunk + 123
+	ft, base := make([]byte, 2*n), make([]byte, 4*n)
+	want := make([]float32, n)
+	for i := range n {
+		f, b := float32(i%7), float32(i%5)/4
+		h := dtype.BF16FromFloat32(f)
+		ft[2*i], ft[2*i+1] = byte(h), byte(h>>8)
+		binary.LittleEndian.PutUint32(base[4*i:], math.Float32bits(b))
+		want[i] = f - b
+	}
+	got := make([]float32, n)
+	require.NoError(t, Delta(got, ft, safetensors.BF16, base, safetensors.F32))
+	assert.Equal(t, want, got)
+
+	// The first non-finite element of the fine-tune is named before any of
+	// the base, whatever chunk each lies in.
+	nan := math.Float32bits(float32(math.NaN()))
+	binary.LittleEndian.PutUint32(base[4*5:], nan)
+	inf := dtype.BF16FromFloat32(float32(math.Inf(1)))
+	at := 2*deltaChunk + 7
+	ft[2*at], ft[2*at+1] = byte(inf), byte(inf>>8)
+	err := Delta(got, ft, safetensors.BF16, base, safetensors.F32)
+	require.ErrorIs(t, err, ErrNonFinite)
+	assert.Contains(t, err.Error(), fmt.Sprintf("fine-tune element %d is +Inf", at))
+	ft[2*at], ft[2*at+1] = 0, 0
+	err = Delta(got, ft, safetensors.BF16, base, safetensors.F32)
+	require.ErrorIs(t, err, ErrNonFinite)
+	assert.Contains(t, err.Error(), "base element 5 is NaN")
+
+	assert.ErrorIs(t, Delta(got, ft[:2*n-2], safetensors.BF16, base, safetensors.F32), dtype.ErrLength)
+	assert.ErrorIs(t, Delta(got, ft, safetensors.I16, base, safetensors.F32), dtype.ErrUnsupported)
 }

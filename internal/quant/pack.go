@@ -191,6 +191,10 @@ func (r *BitReader) Reset(src []byte) {
 	r.src, r.pos = src, 0
 }
 
+// Seek makes r read its stream from bit pos; pos is not checked here: a
+// read past the end fails as usual.
+func (r *BitReader) Seek(pos int) { r.pos = pos }
+
 // Offset returns the number of bits consumed since Reset.
 func (r *BitReader) Offset() int { return r.pos }
 

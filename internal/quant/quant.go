@@ -119,13 +119,17 @@ func Dequantize(dst []float32, codes []uint8, scales, mins []uint16, bits, group
 			len(dst), groupSize, len(dst), nGroups, len(codes), len(scales), len(mins)))
 	}
 	mask := uint8(1<<bits - 1)
+	var table [1 << MaxBits]float32 // the group's grid, indexed by code
 	for g := range nGroups {
 		lo, hi := g*groupSize, min((g+1)*groupSize, len(dst))
 		s, m := dtype.Float32FromBF16(scales[g]), dtype.Float32FromBF16(mins[g])
+		for c := range int(mask) + 1 {
+			table[c] = m + float32(float32(c)*s)
+		}
 		d, c := dst[lo:hi], codes[lo:hi]
 		c = c[:len(d)]
 		for i := range d {
-			d[i] = m + float32(float32(c[i]&mask)*s)
+			d[i] = table[c[i]&mask]
 		}
 	}
 }
