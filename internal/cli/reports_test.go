@@ -83,6 +83,28 @@ func TestArchiveReports(t *testing.T) {
 		checkGolden(t, "inspect.json", got, func(want string) { assertJSONClose(t, want, got) })
 	})
 
+	t.Run("gemm-rate floors", func(t *testing.T) {
+		stdout, stderr, code := execute(t, "gemm-rate", "--n", "64", "--reps", "1", "--archive", arch)
+		require.Equal(t, ExitOK, code, stderr)
+		var got gemmRateJSON
+		require.NoError(t, json.Unmarshal([]byte(stdout), &got))
+		stdout, _, _ = execute(t, "inspect", "--json", arch)
+		var rep inspectJSON
+		require.NoError(t, json.Unmarshal([]byte(stdout), &rep))
+		var product float64
+		for _, tj := range rep.Tensors {
+			if tj.Kind == "lowrank" {
+				product += 2 * float64(tj.Shape[0]) * float64(tj.Shape[1]) * float64(*tj.Rank)
+			}
+		}
+		assert.Positive(t, got.GFLOPS)
+		assert.Equal(t, 28, got.LowRankTensors)
+		assert.InDelta(t, product, got.ReconstructFLOPs, 1e-6*product, "2mnk over the kept ranks")
+		assert.Greater(t, got.CompressFLOPs, 4*product, "at least the four passes")
+		assert.Greater(t, got.SVDRankFLOPs, got.CompressFLOPs, "the 2-bit rank exceeds every kept rank here")
+		assert.InDelta(t, got.SVDRankFLOPs/got.GFLOPS/1e9, got.SVDRankFloorS, 1e-9*got.SVDRankFloorS)
+	})
+
 	t.Run("plot PNG", func(t *testing.T) {
 		out := filepath.Join(dir, "spectrum.png")
 		_, stderr, code := execute(t, "inspect", "--plot", out, arch)

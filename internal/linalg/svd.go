@@ -106,7 +106,7 @@ func checkArgs(a []float32, rows, cols, rank int) error {
 		return fmt.Errorf("%w: rank %d outside [0, %d] for a %d x %d matrix", ErrShape, rank, min(rows, cols), rows, cols)
 	}
 	for i, x := range a {
-		if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+		if x-x != 0 { // NaN - NaN and Inf - Inf are NaN
 			return fmt.Errorf("%w: entry (%d, %d) is %v", ErrNotFinite, i/cols, i%cols, x)
 		}
 	}
