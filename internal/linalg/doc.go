@@ -11,9 +11,10 @@
 // Two routes share one result type and sign convention (the
 // largest-magnitude entry of each left singular vector is positive): Exact,
 // the eigendecomposition of the smaller Gram matrix in float64, and
-// Randomized (Halko, Martinsson and Tropp, 2011), whose passes over the
-// matrix run as float32 products and whose small problems run in float64.
-// Truncated picks one by Method.
+// Randomized, a block Krylov method (Musco and Musco, 2015, within the
+// randomized framework of Halko, Martinsson and Tropp, 2011) on the float32
+// Gram matrix, whose products run in float32 and whose orthonormalisations
+// run in float64. Truncated picks one by Method.
 //
 // # Backends
 //
@@ -25,8 +26,9 @@
 // gonum's pure-Go products with a transposed operand are slow, so on that
 // backend transposes are copied out first (see gemm32).
 //
-// Results are deterministic for a given build: the randomized route's test
-// matrix comes from a seeded PCG and every parallel loop writes disjoint
-// outputs. Between backends the products sum in different orders, so factors
-// may differ in their last bits.
+// Results are deterministic for a given build and BLAS thread count: the
+// randomized route's test matrix comes from a seeded PCG and every parallel
+// loop writes disjoint outputs. Between backends, and between OpenBLAS
+// thread counts (see SingleThreaded), the products sum in different orders,
+// so factors may differ in their last bits.
 package linalg

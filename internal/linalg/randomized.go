@@ -29,7 +29,7 @@ type RandomizedOptions struct {
 // fastest setting measured within the error target. On the synthetic
 // Llama-2-7B layer at ratio 16 it adds 0.7% to the aggregate relative error
 // of the exact route, in 14% less time than the subspace iteration it
-// replaced (two power iterations, p = k/4: 0.36%); p = k would add 0.1% in
+// replaced (two power iterations, p = k/4: 0.35%); p = k would add 0.1% in
 // that iteration's time. docs/PERFORMANCE.md has the measured trade-off.
 func DefaultRandomized() RandomizedOptions {
 	return RandomizedOptions{Oversample: -1, Depth: 10, Seed: 0x5eed}

@@ -613,10 +613,11 @@ func dot(a, b []float32) float64 {
 
 // WorkingSetBytes estimates the peak memory Encode and its SVD use for one
 // rows x cols delta, besides the delta itself: the randomized route's
-// short-side Gram matrix and sketch bases (float32, with one float64 copy of
-// a basis), the projected matrix and its eigenvectors, the float32 factors
-// and the quantized codes: under 300 MB for 4096 x 11008 at ratio 16,
-// counted as 8 bytes per element of the matrix for the allocator's slack.
+// short-side Gram matrix, Krylov basis Q and G·Q (float32, with a float64
+// copy of one block), the projected matrix and its eigenvectors, the
+// float32 factors and the quantized codes: under 300 MB for 4096 x 11008 at
+// ratio 16, counted as 8 bytes per element of the matrix for the
+// allocator's slack.
 func WorkingSetBytes(rows, cols int) int64 {
 	return 8 * int64(rows) * int64(cols)
 }
