@@ -82,19 +82,6 @@ func Mul(dst, a, b []float32, m, k, n int) {
 	gemm32(blas.NoTrans, blas.NoTrans, m, n, k, a, k, b, n, dst, n)
 }
 
-// MulAdd adds the row-major m x n product a·b to dst, for a row-major m x k
-// and b row-major k x n, in float32 through the build's BLAS. It panics if a
-// slice length does not match its shape.
-func MulAdd(dst, a, b []float32, m, k, n int) {
-	if len(a) != m*k || len(b) != k*n || len(dst) != m*n {
-		panic(fmt.Sprintf("linalg: MulAdd: %d x %d times %d x %d needs %d, %d and %d values, got %d, %d and %d", m, k, k, n, m*k, k*n, m*n, len(a), len(b), len(dst)))
-	}
-	if k == 0 || m == 0 || n == 0 {
-		return
-	}
-	blas32Impl.Sgemm(blas.NoTrans, blas.NoTrans, m, n, k, 1, a, k, b, n, 1, dst, n)
-}
-
 // MulT writes aᵀ·b into dst, or adds it to dst when acc is true, for dst
 // row-major m x n, a stored row-major k x m with row stride lda (a block of
 // columns of a wider matrix) and b row-major k x n, in float32 through the

@@ -158,7 +158,7 @@ func TestMulMatchesNaive(t *testing.T) {
 	for i := range acc {
 		acc[i] = 1
 	}
-	MulAdd(acc, a, b, m, k, n)
+	MulT(acc, transpose(a, m, k, k), m, b, m, k, n, true)
 	for i := range m {
 		for j := range n {
 			want := 0.0

@@ -88,19 +88,22 @@ func Delta(dst []float32, ft []byte, ftDT safetensors.DType, base []byte, baseDT
 			bad[c][2] = firstNonFinite(d)
 		}
 	})
-	for k, what := range [...]string{"fine-tune element %d is %v", "base element %d is %v", "delta element %d overflows float32"} {
+	first := func(k int) int { // the first element flagged k, in order, or -1
 		for c, bc := range bad {
-			if i := bc[k]; i >= 0 {
-				i += c * deltaChunk
-				switch k {
-				case 0:
-					return fmt.Errorf("%w: "+what, ErrNonFinite, i, dtypeValue(ft, ftDT, i))
-				case 1:
-					return fmt.Errorf("%w: "+what, ErrNonFinite, i, dtypeValue(base, baseDT, i))
-				}
-				return fmt.Errorf("%w: "+what, ErrNonFinite, i)
+			if bc[k] >= 0 {
+				return c*deltaChunk + bc[k]
 			}
 		}
+		return -1
+	}
+	if i := first(0); i >= 0 {
+		return fmt.Errorf("%w: fine-tune element %d is %v", ErrNonFinite, i, dtypeValue(ft, ftDT, i))
+	}
+	if i := first(1); i >= 0 {
+		return fmt.Errorf("%w: base element %d is %v", ErrNonFinite, i, dtypeValue(base, baseDT, i))
+	}
+	if i := first(2); i >= 0 {
+		return fmt.Errorf("%w: delta element %d overflows float32", ErrNonFinite, i)
 	}
 	return nil
 }
@@ -403,10 +406,6 @@ func (w *roundTripper) quantized(x []float32, bits int, opt quant.Options) quant
 	return q
 }
 
-// residualRows is the number of rows of Delta_hat formed at a time when
-// measuring the residual, so that no rows x cols copy is needed.
-const residualRows = 256
-
 // residualSq returns |delta - Delta_hat|_F^2 for the factors f, decoded as
 // reconstruct decodes them, forming Delta_hat a block of rows at a time.
 // Its products use the BLAS's own threads (see linalg.SingleThreaded), and
@@ -535,8 +534,10 @@ func (f *Factors) decode(rows, cols int, rec *archive.LowRank) (ust, vt []float3
 		}
 		errs[j] = decodeVector(vt[j*cols:(j+1)*cols], f.VCodes, cols*starts[j], f.VQParams[4*ngv*j:4*ngv*(j+1)], bitsOf[j], g)
 	})
-	if err := errors.Join(errs...); err != nil {
-		return nil, nil, err
+	for _, err := range errs { // the first vector's error, as a serial decode would report
+		if err != nil {
+			return nil, nil, err
+		}
 	}
 	return ust, vt, nil
 }
