@@ -70,7 +70,7 @@ func randomizedGram(a []float32, rows, cols, rank, b, depth int, seed uint64) (*
 // through the BLAS), then orthonormalised in float64 (orthonormalize). The
 // blocks never meet the rounding trouble of raw powers G^j·Ω, whose columns
 // all turn towards the top eigenvectors. It costs d+1 products with G of b
-// columns each and 8·n·l² more for the reorthogonalisation.
+// columns each and about 4·n·l² more for the reorthogonalisation.
 func krylovBasis(g []float32, n, b, d int, seed uint64) (q, gq []float32, err error) {
 	l := b * d
 	q, gq = make([]float32, n*l), make([]float32, n*l)
