@@ -183,6 +183,9 @@ func Verify(ctx context.Context, basePath, ftPath, archivePath string, opt Verif
 	return rep, ctx.Err()
 }
 
+// verifyChunk is the number of elements checkTensor converts at a time.
+const verifyChunk = 1 << 16
+
 // losslessKind reports the storage kinds that must give back the fine-tune's
 // bytes exactly.
 func losslessKind(kind string) bool {
@@ -229,30 +232,39 @@ func checkTensor(ar *archive.Reader, base, ft *checkpoint.Checkpoint, rec *archi
 		}
 		return c, nil
 	}
-	n := len(ftData) / int(dt.Size())
-	hat, want := make([]float32, n), make([]float32, n)
-	if err := errors.Join(dtype.Decode(hat, out, dt), dtype.Decode(want, ftData, dt)); err != nil {
-		return c, fmt.Errorf("%w: tensor %q: %w", ErrInput, rec.Name, err)
-	}
-	var baseVals []float32
+	var bdata []byte
+	var bdt safetensors.DType
 	if bt, ok := base.Tensor(rec.Name); ok && dtype.IsFloat(bt.DType) && slices.Equal(bt.Shape, rec.Shape) {
-		bdata, err := base.Data(rec.Name)
-		if err != nil {
+		if bdata, err = base.Data(rec.Name); err != nil {
 			return c, fmt.Errorf("%w: base: %w", ErrInput, err)
 		}
-		baseVals = make([]float32, n)
-		if err := dtype.Decode(baseVals, bdata, bt.DType); err != nil {
-			return c, fmt.Errorf("%w: base tensor %q: %w", ErrInput, rec.Name, err)
-		}
+		bdt = bt.DType
 	}
+	// The norms are summed in element order, a chunk of float32 values at a
+	// time: no full-size float32 copy of the three tensors is needed.
+	size, bsize := int(dt.Size()), int(bdt.Size())
+	n := len(ftData) / size
+	hat, want, baseVals := make([]float32, verifyChunk), make([]float32, verifyChunk), make([]float32, verifyChunk)
 	var e2, d2, w2 float64
-	for i, w := range want {
-		d := float64(hat[i]) - float64(w)
-		e2 += d * d
-		w2 += float64(w) * float64(w)
-		if baseVals != nil {
-			dl := float64(w) - float64(baseVals[i])
-			d2 += dl * dl
+	for lo := 0; lo < n; lo += verifyChunk {
+		hi := min(lo+verifyChunk, n)
+		h, w, b := hat[:hi-lo], want[:hi-lo], baseVals[:hi-lo]
+		if err := errors.Join(dtype.Decode(h, out[lo*size:hi*size], dt), dtype.Decode(w, ftData[lo*size:hi*size], dt)); err != nil {
+			return c, fmt.Errorf("%w: tensor %q: %w", ErrInput, rec.Name, err)
+		}
+		if bdata != nil {
+			if err := dtype.Decode(b, bdata[lo*bsize:hi*bsize], bdt); err != nil {
+				return c, fmt.Errorf("%w: base tensor %q: %w", ErrInput, rec.Name, err)
+			}
+		}
+		for i, x := range w {
+			d := float64(h[i]) - float64(x)
+			e2 += d * d
+			w2 += float64(x) * float64(x)
+			if bdata != nil {
+				dl := float64(x) - float64(b[i])
+				d2 += dl * dl
+			}
 		}
 	}
 	c.ErrNorm, c.DeltaNorm, c.WeightNorm = math.Sqrt(e2), math.Sqrt(d2), math.Sqrt(w2)
