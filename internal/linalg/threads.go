@@ -19,7 +19,9 @@ var single struct {
 // OpenBLAS's results depend on its thread count in the last bits: products
 // run under SingleThreaded are the same whatever the goroutines do, but may
 // differ from multi-threaded ones. Callers whose output must not depend on
-// the worker count (compress) leave the setting alone.
+// the worker count (compress) leave the setting alone; since the setting is
+// process-wide, a compress running in the same process while a
+// SingleThreaded section lasts gets single-threaded products too.
 func SingleThreaded() (restore func()) {
 	single.Lock()
 	if single.users == 0 {
