@@ -210,7 +210,7 @@ func householderQ(y []float64, rows, cols int) error {
 	lapackImpl.Dorgqr(rows, cols, cols, y, cols, tau, work, len(work))
 	for _, v := range y {
 		if v-v != 0 {
-			return fmt.Errorf("%w: Householder QR of a %d x %d sketch", ErrNoConvergence, rows, cols)
+			return fmt.Errorf("%w: Householder QR of a %d x %d basis block", ErrNoConvergence, rows, cols)
 		}
 	}
 	return nil

@@ -110,7 +110,7 @@ func TestRandomizedDegenerate(t *testing.T) {
 	}{
 		{"zero matrix", make([]float32, 200*150), 200, 150, 20, 0},
 		{"exact rank 3 asked for 20", lowRank, 200, 150, 20, 3},
-		{"sketch covers the short side: exact route", lowRank, 200, 150, 140, 3},
+		{"search space covers the short side: exact route", lowRank, 200, 150, 140, 3},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d, err := Randomized(tc.a, tc.rows, tc.cols, tc.rank, DefaultRandomized())
