@@ -191,8 +191,8 @@ func (r *BitReader) Reset(src []byte) {
 	r.src, r.pos = src, 0
 }
 
-// Seek makes r read its stream from bit pos; pos is not checked here: a
-// read past the end fails as usual.
+// Seek makes r read its stream from bit pos (≥ 0); a position past the end
+// is not checked here: the next read fails as usual.
 func (r *BitReader) Seek(pos int) { r.pos = pos }
 
 // Offset returns the number of bits consumed since Reset.

@@ -219,6 +219,23 @@ func TestBitReaderPastEnd(t *testing.T) {
 	assert.NoError(t, empty.ReadCodes(nil, 5), "reading zero codes never fails")
 }
 
+func TestBitReaderSeek(t *testing.T) {
+	var w BitWriter
+	w.WriteCodes([]uint8{5, 6, 7}, 3)
+	w.WriteCodes([]uint8{1, 0, 1, 1}, 1)
+	var r BitReader
+	r.Reset(w.Bytes())
+	r.Seek(9) // the 1-bit codes, read before the 3-bit ones
+	got := make([]uint8, 4)
+	require.NoError(t, r.ReadCodes(got, 1))
+	assert.Equal(t, []uint8{1, 0, 1, 1}, got)
+	r.Seek(3)
+	require.NoError(t, r.ReadCodes(got[:2], 3))
+	assert.Equal(t, []uint8{6, 7}, got[:2])
+	r.Seek(14)
+	assert.ErrorIs(t, r.ReadCodes(got[:2], 3), ErrShortStream, "past the end")
+}
+
 func TestBitWidthPanics(t *testing.T) {
 	for _, bits := range []int{0, -1, 9} {
 		assert.Panics(t, func() { PackedLen(1, bits) }, "bits=%d", bits)
