@@ -89,16 +89,26 @@ func Reconstruct(ctx context.Context, basePath, archivePath, outDir string, opt 
 
 	sum := &ReconstructSummary{Tensors: len(items)}
 	sw := &shardWriter{dir: tmp, m: m, headers: headers}
+	// An output buffer taken from bufs goes back once the tensor is written.
+	type decoded struct{ data, buf []byte }
 	var bufs buffers
-	work := func(ctx context.Context, i int) ([]byte, error) {
-		return decodeTensor(ar, base, items[i].rec, baseRec, m.Base.Fingerprint, opt.Force, bufs.get)
+	work := func(ctx context.Context, i int) (decoded, error) {
+		var d decoded
+		alloc := func(n int64) []byte {
+			d.buf = bufs.get(n)
+			return d.buf
+		}
+		var err error
+		d.data, err = decodeTensor(ar, base, items[i].rec, baseRec, m.Base.Fingerprint, opt.Force, alloc)
+		return d, err
 	}
-	consume := func(i int, data []byte) error {
+	consume := func(i int, d decoded) error {
+		data := d.data
 		if err := sw.write(items[i].shard, data); err != nil {
 			return err
 		}
-		if ownsOutput(items[i].rec.Kind) {
-			bufs.put(data)
+		if d.buf != nil {
+			bufs.put(d.buf)
 		}
 		base.Release(items[i].rec.Name) // data may alias it (kind same)
 		sum.Bytes += int64(len(data))
@@ -230,8 +240,8 @@ func planShards(m *archive.Manifest) ([]item, [][]byte, error) {
 // are checked against their recorded SHA-256, except when forced onto another
 // base, where they cannot match.
 //
-// The output of the kinds ownsOutput names is a buffer from alloc; the other
-// kinds return the base's or the archive's bytes.
+// Kinds that compute their output write it into a buffer from alloc; the
+// others return the base's or the archive's bytes.
 func decodeTensor(ar *archive.Reader, base *checkpoint.Checkpoint, rec *archive.Tensor, baseRec map[string]archive.BaseTensor, fp string, force bool, alloc func(n int64) []byte) ([]byte, error) {
 	var bdata []byte
 	var bdt safetensors.DType
@@ -315,16 +325,6 @@ func decodeTensor(ar *archive.Reader, base *checkpoint.Checkpoint, rec *archive.
 		return nil, fmt.Errorf("%w: tensor %q: reconstructed bytes do not match the recorded SHA-256", archive.ErrChecksum, rec.Name)
 	}
 	return out, nil
-}
-
-// ownsOutput reports whether decodeTensor returns a buffer of its own for
-// a tensor of kind: one that may be recycled once written.
-func ownsOutput(kind string) bool {
-	switch kind {
-	case archive.KindXOR, archive.KindLowRank, archive.KindBitDelta, archive.KindLowRankBF16:
-		return true
-	}
-	return false
 }
 
 // buffers recycles decodeTensor's output buffers between tensors, sparing

@@ -330,7 +330,7 @@ func (m *measurer) parallel(n int, fn func(w *roundTripper, j int)) {
 }
 
 // roundTripper holds one goroutine's quantization scratch buffers: slot 0
-// for left vectors, slot 1 for right ones.
+// for left vectors, slot 1 for right ones (dequantize uses slot 0).
 type roundTripper struct {
 	codes        [2][]uint8
 	scales, mins [2][]uint16
@@ -481,21 +481,6 @@ func (f *Factors) decode(rows, cols int, rec *archive.LowRank) (ust, vt []float3
 	if r > min(rows, cols) {
 		return nil, nil, fmt.Errorf("%w: rank %d exceeds %dx%d", archive.ErrFormat, r, rows, cols)
 	}
-	var totalBits int
-	for _, b := range rec.Bands {
-		totalBits += b.Bits * b.Count
-	}
-	nqu, nqv := quant.NumGroups(rows, g)*r*4, quant.NumGroups(cols, g)*r*4
-	switch {
-	case len(f.Sigma) != 4*r:
-		return nil, nil, fmt.Errorf("%w: sigma has %d bytes, want %d", archive.ErrFormat, len(f.Sigma), 4*r)
-	case len(f.UCodes) != packedLen(rows, totalBits) || len(f.VCodes) != packedLen(cols, totalBits):
-		return nil, nil, fmt.Errorf("%w: code blobs have %d and %d bytes, want %d and %d", archive.ErrFormat,
-			len(f.UCodes), len(f.VCodes), packedLen(rows, totalBits), packedLen(cols, totalBits))
-	case len(f.UQParams) != nqu || len(f.VQParams) != nqv:
-		return nil, nil, fmt.Errorf("%w: qparam blobs have %d and %d bytes, want %d and %d", archive.ErrFormat,
-			len(f.UQParams), len(f.VQParams), nqu, nqv)
-	}
 	// Vector j's codes start after those of the vectors before it, and its
 	// qparams at a fixed stride: the vectors decode independently.
 	bitsOf := make([]int, 0, r)
@@ -507,6 +492,22 @@ func (f *Factors) decode(rows, cols int, rec *archive.LowRank) (ust, vt []float3
 	if len(bitsOf) != r {
 		return nil, nil, fmt.Errorf("%w: bands hold %d vectors, rank is %d", archive.ErrFormat, len(bitsOf), r)
 	}
+	starts := make([]int, r+1) // starts[j]: the sum of the widths before j; starts[r]: all of them
+	for j, b := range bitsOf {
+		starts[j+1] = starts[j] + b
+	}
+	totalBits := starts[r]
+	nqu, nqv := quant.NumGroups(rows, g)*r*4, quant.NumGroups(cols, g)*r*4
+	switch {
+	case len(f.Sigma) != 4*r:
+		return nil, nil, fmt.Errorf("%w: sigma has %d bytes, want %d", archive.ErrFormat, len(f.Sigma), 4*r)
+	case len(f.UCodes) != packedLen(rows, totalBits) || len(f.VCodes) != packedLen(cols, totalBits):
+		return nil, nil, fmt.Errorf("%w: code blobs have %d and %d bytes, want %d and %d", archive.ErrFormat,
+			len(f.UCodes), len(f.VCodes), packedLen(rows, totalBits), packedLen(cols, totalBits))
+	case len(f.UQParams) != nqu || len(f.VQParams) != nqv:
+		return nil, nil, fmt.Errorf("%w: qparam blobs have %d and %d bytes, want %d and %d", archive.ErrFormat,
+			len(f.UQParams), len(f.VQParams), nqu, nqv)
+	}
 	sigma := make([]float32, r)
 	for j := range sigma {
 		s := math.Float32frombits(binary.LittleEndian.Uint32(f.Sigma[4*j:]))
@@ -517,22 +518,18 @@ func (f *Factors) decode(rows, cols int, rec *archive.LowRank) (ust, vt []float3
 	}
 	ust = make([]float32, r*rows)
 	vt = make([]float32, r*cols)
-	starts := make([]int, r) // sum of the widths before j
-	for j := 1; j < r; j++ {
-		starts[j] = starts[j-1] + bitsOf[j-1]
-	}
 	errs := make([]error, r)
 	ngu, ngv := quant.NumGroups(rows, g), quant.NumGroups(cols, g)
-	par.Each(r, func(j int) {
+	par.For(r, 0, func() *roundTripper { return new(roundTripper) }, func(w *roundTripper, j int) {
 		u := ust[j*rows : (j+1)*rows]
-		if err := decodeVector(u, f.UCodes, rows*starts[j], f.UQParams[4*ngu*j:4*ngu*(j+1)], bitsOf[j], g); err != nil {
+		if err := w.dequantize(u, f.UCodes, rows*starts[j], f.UQParams[4*ngu*j:4*ngu*(j+1)], bitsOf[j], g); err != nil {
 			errs[j] = err
 			return
 		}
 		for i := range u {
 			u[i] *= sigma[j]
 		}
-		errs[j] = decodeVector(vt[j*cols:(j+1)*cols], f.VCodes, cols*starts[j], f.VQParams[4*ngv*j:4*ngv*(j+1)], bitsOf[j], g)
+		errs[j] = w.dequantize(vt[j*cols:(j+1)*cols], f.VCodes, cols*starts[j], f.VQParams[4*ngv*j:4*ngv*(j+1)], bitsOf[j], g)
 	})
 	for _, err := range errs { // the first vector's error, as a serial decode would report
 		if err != nil {
@@ -546,19 +543,20 @@ func (f *Factors) decode(rows, cols int, rec *archive.LowRank) (ust, vt []float3
 // whose widths sum to sumBits.
 func packedLen(n, sumBits int) int { return (n*sumBits + 7) / 8 }
 
-// decodeVector dequantizes into dst the codes that start at bit pos of
-// codes, with the quantization parameters qp (bf16 scale and min per group).
-func decodeVector(dst []float32, codes []byte, pos int, qp []byte, bits, g int) error {
+// dequantize decodes into dst the codes that start at bit pos of codes,
+// with the quantization parameters qp (bf16 scale and min per group), using
+// w's buffers for the codes and parameters.
+func (w *roundTripper) dequantize(dst []float32, codes []byte, pos int, qp []byte, bits, g int) error {
 	ng := quant.NumGroups(len(dst), g)
-	c := make([]uint8, len(dst))
+	c := grow(&w.codes[0], len(dst))
 	var br quant.BitReader
 	br.Reset(codes)
 	br.Seek(pos)
 	if err := br.ReadCodes(c, bits); err != nil {
 		return fmt.Errorf("%w: codes: %v", archive.ErrFormat, err)
 	}
-	scales, mins := make([]uint16, ng), make([]uint16, ng)
-	for k := 0; k < ng; k++ {
+	scales, mins := grow(&w.scales[0], ng), grow(&w.mins[0], ng)
+	for k := range ng {
 		scales[k] = binary.LittleEndian.Uint16(qp[4*k:])
 		mins[k] = binary.LittleEndian.Uint16(qp[4*k+2:])
 		if s, mn := dtype.Float32FromBF16(scales[k]), dtype.Float32FromBF16(mins[k]); s-s != 0 || mn-mn != 0 {
