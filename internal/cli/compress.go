@@ -153,6 +153,8 @@ type compressJSON struct {
 	Ratio       float64 `json:"ratio"`
 	RelError    float64 `json:"rel_error"`
 	Seconds     float64 `json:"seconds"`
+	// Warnings is never null, so that scripts can count it.
+	Warnings []engine.Warning `json:"warnings"`
 }
 
 func runCompress(ctx context.Context, o *compressOptions, base, ft, out string, stdout, stderr io.Writer) error {
@@ -161,6 +163,7 @@ func runCompress(ctx context.Context, o *compressOptions, base, ft, out string, 
 		return err
 	}
 	p := newProgress(stderr, o.quiet || o.json, "compress", tensorLine)
+	p.warn = !o.quiet
 	eo.Progress = p
 	start := time.Now()
 	sum, err := engine.Compress(ctx, base, ft, out, *eo)
@@ -170,7 +173,7 @@ func runCompress(ctx context.Context, o *compressOptions, base, ft, out string, 
 	}
 	res := compressJSON{Archive: out, Mode: eo.Mode, Method: eo.Method, Tensors: sum.Tensors, LowRank: sum.LowRankTensors,
 		OrigBytes: sum.OrigBytes, ArchiveSize: sum.ArchiveSize, Ratio: float64(sum.OrigBytes) / float64(sum.ArchiveSize),
-		RelError: sum.AggRelError, Seconds: time.Since(start).Seconds()}
+		RelError: sum.AggRelError, Seconds: time.Since(start).Seconds(), Warnings: append([]engine.Warning{}, sum.Warnings...)}
 	switch {
 	case o.json:
 		enc := json.NewEncoder(stdout)

@@ -26,6 +26,7 @@ type planJSON struct {
 	HeaderBytes     int64                    `json:"header_bytes_estimate"`
 	MaxArchiveBytes int64                    `json:"max_archive_bytes"`
 	MinRatio        float64                  `json:"min_ratio"`
+	Warnings        []engine.Warning         `json:"warnings"`
 }
 
 type planSettingsJSON struct {
@@ -66,7 +67,8 @@ func runDryRun(o *compressOptions, base, ft string, out io.Writer) error {
 		res := planJSON{Schema: "deltacome.plan/1", Base: base, FineTune: ft,
 			Settings: planSettingsJSON{Mode: eo.Mode}, ByKind: map[string]planTotalJSON{},
 			OrigBytes: p.OrigBytes, SideFiles: p.SideFiles, SideBytes: p.SideBytes, HeaderBytes: p.HeaderBytes,
-			MaxArchiveBytes: p.MaxArchiveBytes, MinRatio: float64(p.OrigBytes) / float64(max(p.MaxArchiveBytes, 1))}
+			MaxArchiveBytes: p.MaxArchiveBytes, MinRatio: float64(p.OrigBytes) / float64(max(p.MaxArchiveBytes, 1)),
+			Warnings: append([]engine.Warning{}, p.Warnings...)}
 		if eo.Mode == engine.ModeDeltaCoMe {
 			res.Settings.Method, res.Settings.Ratio, res.Settings.Schedule, res.Settings.GroupSize = eo.Method, eo.Ratio, eo.Schedule.String(), eo.GroupSize
 		}
@@ -130,6 +132,11 @@ func renderPlan(out io.Writer, p *engine.CompressPlan, eo *engine.CompressOption
 		lossless.Tensors, mib(lossless.OrigBytes), mib(lossless.MaxBytes))
 	_, err := fmt.Fprintf(out, "predicted archive size: at most %s (%d bytes) for %s of tensors: ratio at least %s\n",
 		mib(p.MaxArchiveBytes), p.MaxArchiveBytes, mib(p.OrigBytes), ratioString(p.OrigBytes, p.MaxArchiveBytes))
+	for _, w := range p.Warnings {
+		if err == nil {
+			_, err = fmt.Fprintln(out, "warning:", w.Message)
+		}
+	}
 	return err
 }
 

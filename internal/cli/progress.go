@@ -14,10 +14,12 @@ import (
 
 // progress renders engine progress on w: one line per tensor (when line is
 // set) and, when w is a terminal, a bar with rate and ETA below them, each
-// line printed above the bar. Nothing at all when quiet.
+// line printed above the bar. Nothing at all when quiet, but warnings when
+// warn is set.
 type progress struct {
 	w     io.Writer
 	quiet bool
+	warn  bool
 	tty   bool
 	verb  string
 	line  func(engine.Event) string
@@ -67,6 +69,20 @@ func (p *progress) Tensor(ev engine.Event) {
 	}
 	if p.bar != nil {
 		_ = p.bar.Add64(ev.OrigBytes)
+	}
+}
+
+// Warn implements engine.Progress: "warning: ..." above the bar.
+func (p *progress) Warn(w engine.Warning) {
+	if p.quiet && !p.warn {
+		return
+	}
+	if p.bar != nil {
+		_ = p.bar.Clear()
+	}
+	fmt.Fprintln(p.w, "warning:", w.Message)
+	if p.bar != nil {
+		_ = p.bar.RenderBlank()
 	}
 }
 

@@ -67,6 +67,8 @@ type Summary struct {
 	// AggRelError aggregates them: sqrt(sum err^2 / sum |Delta|^2).
 	LowRankTensors int
 	AggRelError    float64
+	// Warnings lists what was reported through Progress.Warn, in order.
+	Warnings []Warning
 }
 
 // Compress writes an archive at outPath holding FT (ftPath) as a delta to
@@ -85,6 +87,14 @@ func Compress(ctx context.Context, basePath, ftPath, outPath string, opt Compres
 	defer base.Close()
 	defer ft.Close()
 
+	var sum Summary
+	warn := func(w Warning) {
+		sum.Warnings = append(sum.Warnings, w)
+		opt.Progress.Warn(w)
+	}
+	for _, w := range pairWarnings(base, ft, &opt) {
+		warn(w)
+	}
 	m, err := newManifest(ft, opt)
 	if err != nil {
 		return nil, err
@@ -107,7 +117,6 @@ func Compress(ctx context.Context, basePath, ftPath, outPath string, opt Compres
 	opt.Progress.Begin(len(names), total)
 
 	baseHash := make(map[string]string, len(base.Names()))
-	var sum Summary
 	var errSq, normSq float64
 	work := func(ctx context.Context, i int) (*encoded, error) {
 		e, err := encodeTensor(base, ft, names[i], opt)
@@ -142,6 +151,9 @@ func Compress(ctx context.Context, basePath, ftPath, outPath string, opt Compres
 			sum.LowRankTensors++
 		}
 		sum.OrigBytes += e.rec.Bytes
+		if w, ok := rankZeroWarning(&e.rec); ok {
+			warn(w)
+		}
 		opt.Progress.Tensor(ev)
 		return nil
 	}

@@ -336,6 +336,7 @@ type cancelAfter struct {
 }
 
 func (c *cancelAfter) Begin(int, int64) {}
+func (c *cancelAfter) Warn(Warning)     {}
 func (c *cancelAfter) Tensor(Event) {
 	if c.n--; c.n == 0 {
 		c.cancel()

@@ -65,6 +65,8 @@ type CompressPlan struct {
 	// MaxArchiveBytes bounds the archive's size: every tensor's MaxBytes,
 	// the side files' bound and the header estimate.
 	MaxArchiveBytes int64
+	// Warnings lists what Compress would warn about before its work.
+	Warnings []Warning
 }
 
 // PlanTotals sums planned tensors of one kind.
@@ -110,7 +112,7 @@ func Plan(basePath, ftPath string, opt CompressOptions) (*CompressPlan, error) {
 	defer base.Close()
 	defer ft.Close()
 
-	p := &CompressPlan{ByKind: map[string]*PlanTotals{}}
+	p := &CompressPlan{ByKind: map[string]*PlanTotals{}, Warnings: pairWarnings(base, ft, &opt)}
 	for _, name := range ft.Names() {
 		t, _ := ft.Tensor(name)
 		pt := PlannedTensor{Name: name, DType: t.DType.String(), Shape: t.Shape, OrigBytes: t.Size}

@@ -27,6 +27,9 @@ type Progress interface {
 	Begin(total int, totalBytes int64)
 	// Tensor reports a finished tensor.
 	Tensor(ev Event)
+	// Warn reports something the user should know about the result, as soon
+	// as it is known (see Warning).
+	Warn(w Warning)
 }
 
 // NoProgress discards progress.
@@ -37,3 +40,6 @@ func (NoProgress) Begin(int, int64) {}
 
 // Tensor implements Progress.
 func (NoProgress) Tensor(Event) {}
+
+// Warn implements Progress.
+func (NoProgress) Warn(Warning) {}
