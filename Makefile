@@ -18,10 +18,13 @@ else
 $(error BACKEND must be openblas or go, got $(BACKEND))
 endif
 
-.PHONY: help build test test-short vet fuzz demo clean bench
+PREFIX  ?= /usr/local
+
+.PHONY: help build install test test-short vet fuzz demo clean bench
 
 help:
 	@echo "make build   build $(BIN)"
+	@echo "make install build, then copy $(BIN) to $(PREFIX)/bin (PREFIX=/usr/local)"
 	@echo "make demo    compress, inspect and reconstruct the bundled tiny-llama pair (testdata/)"
 	@echo "make test    vet and run every test"
 	@echo "make fuzz    run each fuzz target for FUZZTIME (default 30s)"
@@ -31,6 +34,11 @@ help:
 build:
 	@echo "linear algebra backend: $(BACKEND)"
 	$(GO) build -trimpath $(TAGS) -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/deltacome
+
+install: build
+	install -d $(PREFIX)/bin
+	install -m 0755 $(BIN) $(PREFIX)/bin/deltacome
+	@echo "installed $(PREFIX)/bin/deltacome ($(BACKEND) backend)"
 
 vet:
 	$(GO) vet $(TAGS) ./...

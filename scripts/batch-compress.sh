@@ -110,7 +110,7 @@ while IFS= read -r line || [ -n "$line" ]; do
 	echo "batch-compress: $name: compressing $ft" >&2
 	rm -f "$stampfile"
 	errfile=$(mktemp) || exit 1
-	result=$("$bin" compress --json ${flags[@]+"${flags[@]}"} "$base" "$ft" "$archive" 2>"$errfile" </dev/null)
+	result=$("$bin" compress --json --force ${flags[@]+"${flags[@]}"} "$base" "$ft" "$archive" 2>"$errfile" </dev/null)
 	code=$?
 	seconds=$((SECONDS - start))
 	if [ $code -eq 0 ] && stamp "$ft" "$archive" ${flags[@]+"${flags[@]}"} >"$stampfile"; then

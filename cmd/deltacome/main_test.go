@@ -75,8 +75,21 @@ func bigPair(t *testing.T, n, rows, cols int) (base, ft string) {
 
 // startUntilFirstTensor starts cmd and returns once it has reported its
 // first finished tensor on stderr (one line per tensor when stderr is not a
-// terminal), so that a signal sent then lands midway.
+// terminal), so that a signal sent then lands midway. The rest of stderr is
+// drained, so the process never blocks on a full pipe.
 func startUntilFirstTensor(t *testing.T, cmd *exec.Cmd) {
+	t.Helper()
+	sc, stderr := startReadingStderr(t, cmd)
+	go func() {
+		for sc.Scan() {
+		}
+		stderr.Close()
+	}()
+}
+
+// startReadingStderr starts cmd with stderr on a pipe and returns once the
+// first tensor line has been read, with the pipe's read end.
+func startReadingStderr(t *testing.T, cmd *exec.Cmd) (*bufio.Scanner, *os.File) {
 	t.Helper()
 	pr, pw, err := os.Pipe()
 	require.NoError(t, err)
@@ -86,11 +99,7 @@ func startUntilFirstTensor(t *testing.T, cmd *exec.Cmd) {
 	sc := bufio.NewScanner(pr)
 	require.True(t, sc.Scan(), "no progress line before exit: %v", sc.Err())
 	require.Regexp(t, `^\[ *1/\d+\] `, sc.Text())
-	go func() { // drain, so the process never blocks on a full pipe
-		for sc.Scan() {
-		}
-		pr.Close()
-	}()
+	return sc, pr
 }
 
 // exitCode waits for cmd and returns its exit status, or -signal when a
@@ -133,7 +142,7 @@ func TestSignals(t *testing.T) {
 		dir := t.TempDir()
 		out := filepath.Join(dir, "out.dcm")
 		require.NoError(t, os.WriteFile(out, older, 0o644))
-		cmd := exec.Command(bin, "compress", "--workers", "1", base, ft, out)
+		cmd := exec.Command(bin, "compress", "--force", "--workers", "1", base, ft, out)
 		startUntilFirstTensor(t, cmd)
 		require.NoError(t, cmd.Process.Kill())
 		assert.Equal(t, -int(syscall.SIGKILL), exitCode(t, cmd))
@@ -147,12 +156,12 @@ func TestSignals(t *testing.T) {
 			}
 		}
 	})
-	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP} {
 		t.Run(sig.String()+" compress", func(t *testing.T) {
 			dir := t.TempDir()
 			out := filepath.Join(dir, "out.dcm")
 			require.NoError(t, os.WriteFile(out, older, 0o644))
-			cmd := exec.Command(bin, "compress", "--workers", "1", base, ft, out)
+			cmd := exec.Command(bin, "compress", "--force", "--workers", "1", base, ft, out)
 			startUntilFirstTensor(t, cmd)
 			require.NoError(t, cmd.Process.Signal(sig))
 			assert.Equal(t, cli.ExitInterrupted, exitCode(t, cmd))
@@ -162,6 +171,19 @@ func TestSignals(t *testing.T) {
 			assert.Equal(t, older, got)
 		})
 	}
+
+	// `deltacome compress ... 2>&1 | head -1`: the pipe closes after the
+	// first line; the next write raises SIGPIPE, which must end the run as
+	// an interruption does, leaving nothing behind.
+	t.Run("broken pipe compress", func(t *testing.T) {
+		dir := t.TempDir()
+		out := filepath.Join(dir, "out.dcm")
+		cmd := exec.Command(bin, "compress", "--workers", "1", base, ft, out)
+		_, stderr := startReadingStderr(t, cmd)
+		stderr.Close()
+		assert.Equal(t, cli.ExitInterrupted, exitCode(t, cmd))
+		assert.Empty(t, names(t, dir), "no archive, no temporary files")
+	})
 
 	// Reconstruct: a lossless archive of many tensors, interrupted after the
 	// first.
@@ -210,7 +232,7 @@ func TestFileSizeLimit(t *testing.T) {
 	work := t.TempDir()
 	out := filepath.Join(work, "b.dcm")
 	require.NoError(t, os.WriteFile(out, []byte("older archive"), 0o644))
-	code, msg := limited("compress", "-q", "--lossless", base, ft, out)
+	code, msg := limited("compress", "-q", "--force", "--lossless", base, ft, out)
 	assert.Equal(t, cli.ExitFailure, code, msg)
 	assert.Contains(t, msg, "file too large")
 	assert.Equal(t, []string{"b.dcm"}, names(t, work))

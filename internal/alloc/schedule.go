@@ -10,7 +10,7 @@ import (
 
 // ErrBadSchedule is wrapped by the errors ParseSchedule returns for text that
 // is not a schedule; the wrapping error says what is wrong and where.
-var ErrBadSchedule = errors.New("alloc: bad schedule")
+var ErrBadSchedule = errors.New("bad schedule")
 
 // kind says which rule a Schedule applies.
 type kind uint8

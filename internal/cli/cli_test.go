@@ -148,5 +148,6 @@ func TestBinarySmoke(t *testing.T) {
 	require.ErrorAs(t, err, &ee)
 	assert.Equal(t, ExitBadInput, ee.ExitCode())
 	assert.True(t, strings.HasPrefix(stderr.String(), "deltacome: error: "), stderr.String())
-	assert.Contains(t, stderr.String(), "wrong base")
+	assert.Contains(t, stderr.String(), "is the fine-tune stored in this archive, not its base")
+	assert.NotContains(t, stderr.String(), "--force", "forcing the fine-tune onto itself only garbles it")
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"slices"
 	"strings"
 	"time"
@@ -24,6 +25,10 @@ type compressOptions struct {
 	json     bool
 	dryRun   bool
 	svd      string
+	force    bool
+	// changed reports whether a flag was given on the command line; nil
+	// means none was (tests that build options directly).
+	changed func(name string) bool
 }
 
 func (o *compressOptions) addFlags(cmd *cobra.Command) {
@@ -36,6 +41,30 @@ func (o *compressOptions) addFlags(cmd *cobra.Command) {
 	f.BoolVarP(&o.quiet, "quiet", "q", false, "print nothing but errors")
 	f.BoolVar(&o.json, "json", false, "print a JSON summary on stdout instead of text (and no progress)")
 	f.BoolVarP(&o.dryRun, "dry-run", "n", false, "read the checkpoints' headers only, print the plan and the predicted archive size, write nothing (OUT may be omitted)")
+	f.BoolVarP(&o.force, "force", "f", false, "replace OUT if it exists (an input is never replaced)")
+}
+
+// given reports whether the flag name was set on the command line.
+func (o *compressOptions) given(name string) bool { return o.changed != nil && o.changed(name) }
+
+// notApplying names the given flags that the chosen mode or method ignores,
+// so that a contradiction is refused instead of silently ignored.
+func (o *compressOptions) notApplying() (flags []string, why string) {
+	var ignored []string
+	switch {
+	case o.lossless:
+		ignored, why = []string{"ratio", "method", "schedule", "group-size", "include", "exclude", "svd"}, "--lossless stores every tensor bit-exact"
+	case o.method == engine.MethodBitDelta:
+		ignored, why = []string{"ratio", "schedule", "group-size", "svd"}, "--method bitdelta stores one sign per weight and one scale, a fixed size"
+	case o.method == engine.MethodLowRank:
+		ignored, why = []string{"schedule", "group-size", "svd"}, "--method lowrank keeps bf16 factors from the exact SVD"
+	}
+	for _, f := range ignored {
+		if o.given(f) {
+			flags = append(flags, "--"+f)
+		}
+	}
+	return flags, why
 }
 
 func (o *compressOptions) validate() (*engine.CompressOptions, error) {
@@ -51,9 +80,13 @@ func (o *compressOptions) validate() (*engine.CompressOptions, error) {
 		return nil, usageError{fmt.Errorf("--method %s compresses projections lossily; it cannot be combined with --lossless", o.method)}
 	}
 	eo.Method = o.method
-	if !(o.ratio >= 1) {
-		return nil, usageError{fmt.Errorf("--ratio must be >= 1, got %v", o.ratio)}
+	if flags, why := o.notApplying(); len(flags) > 0 {
+		return nil, usageError{fmt.Errorf("%s does not apply: %s", strings.Join(flags, ", "), why)}
 	}
+	if !(o.ratio >= 1) || math.IsInf(o.ratio, 0) {
+		return nil, usageError{fmt.Errorf("--ratio must be a number >= 1 (fp16 size / stored size of each projection), got %v", o.ratio)}
+	}
+	eo.Overwrite = o.force
 	var err error
 	if eo.Schedule, eo.Select, err = o.encodingFlags.parse(); err != nil {
 		return nil, err
@@ -107,7 +140,11 @@ Trade-offs:
               bitdelta; "deltacome compare" measures all three on yours.
   --lossless  every tensor bit-exact; typically 1.3-2x smaller than FT.
 
-OUT is written under a temporary name and renamed when complete.
+OUT is written under a temporary name and renamed when complete. An
+existing OUT is refused unless --force is given; an OUT that is one of the
+inputs, or lies inside an input folder, is always refused. Flags that the
+chosen mode or method would ignore (--ratio with --lossless, --schedule
+with --method bitdelta, ...) are refused rather than ignored.
 
 Output: one line per tensor on stderr, in the manner of llama-quantize
 (position, name, shape, dtype, how it is stored, bytes before -> after, and
@@ -131,6 +168,7 @@ equal to its base costs nothing, a changed one what zstd makes of it).` + exitCo
 			return exactArgs(3)(cmd, args)
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
+			o.changed = cmd.Flags().Changed
 			if o.dryRun {
 				return runDryRun(o, args[0], args[1], cmd.OutOrStdout())
 			}
@@ -183,8 +221,6 @@ func runCompress(ctx context.Context, o *compressOptions, base, ft, out string, 
 		return nil
 	}
 	_, err = fmt.Fprintf(stderr, "%s: %d tensors (%d lossy)\n  original size  %s\n  archive size   %s (measured on disk)\n  ratio          %.2f\n  projection err %.4f\n  time           %.1fs\n",
-		out, res.Tensors, res.LowRank, mib(res.OrigBytes), mib(res.ArchiveSize), res.Ratio, res.RelError, res.Seconds)
+		out, res.Tensors, res.LowRank, size(res.OrigBytes), size(res.ArchiveSize), res.Ratio, res.RelError, res.Seconds)
 	return err
 }
-
-func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }

@@ -126,12 +126,12 @@ func renderPlan(out io.Writer, p *engine.CompressPlan, eo *engine.CompressOption
 	fmt.Fprintf(out, "header and manifest: about %d bytes (estimated from the plan)\n", p.HeaderBytes)
 	if lossy.Tensors > 0 {
 		fmt.Fprintf(out, "lossy tensors: %d, %s -> at most %s: each within its exact budget, which the allocation fills nearly to the byte\n",
-			lossy.Tensors, mib(lossy.OrigBytes), mib(lossy.MaxBytes))
+			lossy.Tensors, size(lossy.OrigBytes), size(lossy.MaxBytes))
 	}
 	fmt.Fprintf(out, "lossless tensors: %d, %s -> 0 to %s: nothing for a tensor equal to its base, otherwise what zstd makes of its XOR with the base, unknown without reading the bytes\n",
-		lossless.Tensors, mib(lossless.OrigBytes), mib(lossless.MaxBytes))
+		lossless.Tensors, size(lossless.OrigBytes), size(lossless.MaxBytes))
 	_, err := fmt.Fprintf(out, "predicted archive size: at most %s (%d bytes) for %s of tensors: ratio at least %s\n",
-		mib(p.MaxArchiveBytes), p.MaxArchiveBytes, mib(p.OrigBytes), ratioString(p.OrigBytes, p.MaxArchiveBytes))
+		size(p.MaxArchiveBytes), p.MaxArchiveBytes, size(p.OrigBytes), ratioString(p.OrigBytes, p.MaxArchiveBytes))
 	for _, w := range p.Warnings {
 		if err == nil {
 			_, err = fmt.Fprintln(out, "warning:", w.Message)

@@ -23,7 +23,7 @@ type inspectOptions struct {
 func (o *inspectOptions) addFlags(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.BoolVar(&o.json, "json", false, "print the report as JSON (schema deltacome.inspect/1, docs/JSON.md)")
-	f.StringVar(&o.plot, "plot", "", "also draw the figure into this .png or .svg file: a tensor's singular values by bit band, bits and error per layer")
+	f.StringVar(&o.plot, "plot", "", "also draw the figure into this .png or .svg file: a tensor's singular values by bit band, change and error per layer")
 	f.StringVar(&o.tensor, "tensor", "", "the tensor whose spectrum --plot draws (default: the first low-rank one)")
 	_ = cmd.MarkFlagFilename("plot", "png", "svg") // shell completion offers image names only
 }
@@ -52,7 +52,7 @@ error stands out is a candidate for --exclude (stored bit-exact) or a lower
 
 --plot FILE.png|FILE.svg draws the singular values of one low-rank tensor
 (--tensor, by default the first), coloured by the bit width of their band,
-and, per layer, the bits per weight and the relative error of each role.
+and, per layer, the size of the delta |Delta|_F and the relative error of each role.
 The archive stores the singular values of the kept vectors only, so the
 spectrum stops at the rank kept.
 
@@ -92,7 +92,7 @@ func runInspect(o *inspectOptions, path string, out io.Writer) error {
 func renderInspect(out io.Writer, r *engine.Report) error {
 	m := r.Manifest
 	s := m.Settings
-	fmt.Fprintf(out, "archive:   %s (%d bytes)\n", r.Path, r.Size)
+	fmt.Fprintf(out, "archive:   %s (%s)\n", r.Path, size(r.Size))
 	fmt.Fprintf(out, "format:    %s v%d, written by %s\n", m.Format, m.Version, m.Tool)
 	switch {
 	case s.Mode == engine.ModeLossless:
@@ -104,7 +104,11 @@ func renderInspect(out io.Writer, r *engine.Report) error {
 	default:
 		fmt.Fprintf(out, "settings:  mode %s, ratio %g, schedule %s, group size %d, svd %s\n", s.Mode, s.Ratio, s.Schedule, s.GroupSize, s.SVD)
 	}
-	fmt.Fprintf(out, "base:      %s (%d tensors)\n", m.Base.Fingerprint, len(m.Base.Tensors))
+	if m.Base.Source != "" {
+		fmt.Fprintf(out, "base:      %s, %s (%d tensors)\n", m.Base.Source, m.Base.Fingerprint, len(m.Base.Tensors))
+	} else {
+		fmt.Fprintf(out, "base:      %s (%d tensors)\n", m.Base.Fingerprint, len(m.Base.Tensors))
+	}
 	files := make([]string, len(m.Layout.Shards))
 	for i, sh := range m.Layout.Shards {
 		files[i] = sh.File
@@ -118,8 +122,12 @@ func renderInspect(out io.Writer, r *engine.Report) error {
 
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "tensor\tshape\tdtype\tkind\tstored\toriginal\tratio\trank\tbands\terror\tenergy\t")
+	order := make([]*archive.Tensor, len(m.Tensors))
 	for i := range m.Tensors {
-		t := &m.Tensors[i]
+		order[i] = &m.Tensors[i]
+	}
+	slices.SortStableFunc(order, func(a, b *archive.Tensor) int { return naturalCompare(a.Name, b.Name) })
+	for _, t := range order {
 		rank, bands, rel, energy := "", "", "", ""
 		if lr := t.LowRank; lr != nil {
 			rank, bands = fmt.Sprint(lr.Rank), engine.BandsString(lr.Bands)
@@ -129,8 +137,8 @@ func renderInspect(out io.Writer, r *engine.Report) error {
 		} else if bd := t.BitDelta; bd != nil {
 			rel = fmt.Sprintf("%.4f", bd.RelError)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t\n", t.Name, shapeString(t.Shape), t.DType, t.Kind,
-			t.StoredBytes(), t.Bytes, ratioString(t.Bytes, t.StoredBytes()), rank, bands, rel, energy)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", t.Name, shapeString(t.Shape), t.DType, t.Kind,
+			size(t.StoredBytes()), size(t.Bytes), ratioString(t.Bytes, t.StoredBytes()), rank, bands, rel, energy)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -144,7 +152,7 @@ func renderInspect(out io.Writer, r *engine.Report) error {
 		if t.RelError > 0 {
 			rel = fmt.Sprintf("%.4f", t.RelError)
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%s\t\n", name, t.Tensors, t.StoredBytes, t.OrigBytes, ratioString(t.OrigBytes, t.StoredBytes), rel)
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t\n", name, t.Tensors, size(t.StoredBytes), size(t.OrigBytes), ratioString(t.OrigBytes, t.StoredBytes), rel)
 	}
 	for _, k := range kinds {
 		row(k, r.ByKind[k])
@@ -156,8 +164,8 @@ func renderInspect(out io.Writer, r *engine.Report) error {
 	if err := renderRoles(out, m); err != nil {
 		return err
 	}
-	_, err := fmt.Fprintf(out, "\narchive file: %d bytes for %d bytes of tensors: ratio %s (header and manifest: %d bytes)\n",
-		r.Size, r.Totals.OrigBytes, ratioString(r.Totals.OrigBytes, r.Size), r.Size-r.Totals.StoredBytes-sideBytes(m))
+	_, err := fmt.Fprintf(out, "\narchive file: %s for %s of tensors: ratio %s (header and manifest: %s; exact byte counts: --json)\n",
+		size(r.Size), size(r.Totals.OrigBytes), ratioString(r.Totals.OrigBytes, r.Size), size(r.Size-r.Totals.StoredBytes-sideBytes(m)))
 	return err
 }
 

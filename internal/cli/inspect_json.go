@@ -32,6 +32,7 @@ type inspectJSON struct {
 
 type baseJSON struct {
 	Fingerprint string `json:"fingerprint"`
+	Source      string `json:"source,omitempty"`
 	Tensors     int    `json:"tensors"`
 }
 
@@ -144,7 +145,7 @@ func groupBy(m *archive.Manifest, key func(*archive.Tensor) string) map[string]*
 func newInspectJSON(r *engine.Report) inspectJSON {
 	m := r.Manifest
 	res := inspectJSON{Schema: inspectSchema, Archive: r.Path, ArchiveBytes: r.Size, Format: m.Format, Version: m.Version,
-		Tool: m.Tool, Settings: m.Settings, Base: baseJSON{Fingerprint: m.Base.Fingerprint, Tensors: len(m.Base.Tensors)},
+		Tool: m.Tool, Settings: m.Settings, Base: baseJSON{Fingerprint: m.Base.Fingerprint, Source: m.Base.Source, Tensors: len(m.Base.Tensors)},
 		Shards: []string{}, SideFiles: []sideFileJSON{}, Tensors: []tensorJSON{},
 		ByKind: map[string]totalsJSON{}, ByRole: map[string]totalsJSON{}}
 	for _, s := range m.Layout.Shards {

@@ -36,14 +36,12 @@ func writePlot(r *engine.Report, path, tensor string) error {
 	for _, role := range engine.Roles() { // one pass per role: legend in report order
 		for i := range r.Manifest.Tensors {
 			t := &r.Manifest.Tensors[i]
-			rel, _, ok := t.DeltaError()
+			rel, norm, ok := t.DeltaError()
 			if !ok || engine.Role(t.Name) != role {
 				continue
 			}
-			var g groupTotals
-			g.add(t)
 			fig.Layers = append(fig.Layers, deltaplot.LayerPoint{Layer: engine.Layer(t.Name), Role: role,
-				BitsPerWeight: g.bitsPerWeight(), RelError: rel})
+				DeltaNorm: norm, RelError: rel})
 		}
 	}
 	return writeFileAtomic(path, func(w io.Writer) error { return deltaplot.Write(w, format, fig) })
@@ -144,7 +142,7 @@ func renderRoles(out io.Writer, m *archive.Manifest) error {
 		if e, ok := g.relError(); ok {
 			rel = fmt.Sprintf("%.4f", e)
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%.3f\t%s\t\n", role, g.tensors, g.stored, g.orig, ratioString(g.orig, g.stored), g.bitsPerWeight(), rel)
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%.3f\t%s\t\n", role, g.tensors, size(g.stored), size(g.orig), ratioString(g.orig, g.stored), g.bitsPerWeight(), rel)
 	}
 	return tw.Flush()
 }

@@ -110,7 +110,7 @@ func tensorLine(ev engine.Event) string {
 	default:
 		s += ev.Kind + " "
 	}
-	s += fmt.Sprintf("%s -> %s", mib(ev.OrigBytes), mib(ev.StoredBytes))
+	s += fmt.Sprintf("%s -> %s", size(ev.OrigBytes), size(ev.StoredBytes))
 	if ev.Kind == archive.KindLowRank || ev.RelError > 0 {
 		s += fmt.Sprintf(" err %.4f", ev.RelError)
 	}

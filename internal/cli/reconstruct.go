@@ -73,6 +73,6 @@ func runReconstruct(ctx context.Context, o *reconstructOptions, base, arch, outD
 	if err != nil || o.quiet {
 		return err
 	}
-	_, err = fmt.Fprintf(stderr, "%s: %d tensors, %s in %d files, %.1fs\n", outDir, sum.Tensors, mib(sum.Bytes), len(sum.Files), time.Since(start).Seconds())
+	_, err = fmt.Fprintf(stderr, "%s: %d tensors, %s in %d files, %.1fs\n", outDir, sum.Tensors, size(sum.Bytes), len(sum.Files), time.Since(start).Seconds())
 	return err
 }

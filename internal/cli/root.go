@@ -3,9 +3,12 @@ package cli
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/deltacome/deltacome/internal/checkpoint"
 	"github.com/deltacome/deltacome/internal/engine"
@@ -84,10 +87,16 @@ back into full weights that transformers and vLLM load unchanged.
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	// Runnable, so that an unknown command reaches Args (a usage error, exit
+	// 2) instead of cobra printing the help with exit 0.
+	root.Args = unknownCommand
+	root.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
+	root.Version = Version
+	root.SetVersionTemplate("deltacome {{.Version}}\n")
 	root.SetOut(out)
 	root.SetErr(errOut)
 	addProfileFlag(root)
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.SetFlagErrorFunc(flagError)
 	root.AddCommand(newCompressCmd(), newReconstructCmd(), newInspectCmd(), newVerifyCmd(),
 		newCompareCmd(), newFingerprintCmd(), newVersionCmd(),
 		newSynthCmd(), newGEMMRateCmd()) // the last two hidden: benchmark fixtures and floors
@@ -95,12 +104,54 @@ back into full weights that transformers and vLLM load unchanged.
 	return root
 }
 
-// exactArgs is cobra.ExactArgs with the error marked as a usage error.
+// exactArgs accepts exactly n arguments; otherwise it returns a usage error
+// that names the missing arguments from the command's Use line ("missing
+// OUT") or quotes the first extra one.
 func exactArgs(n int) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, args []string) error {
-		if err := cobra.ExactArgs(n)(cmd, args); err != nil {
-			return usageError{err}
+		if len(args) == n {
+			return nil
 		}
+		usage := "usage: " + strings.TrimSuffix(cmd.UseLine(), " [flags]")
+		names := strings.Fields(cmd.Use)[1:]
+		if len(args) < n && len(names) >= n {
+			return usageError{fmt.Errorf("missing %s (%s)", strings.Join(names[len(args):n], " and "), usage)}
+		}
+		if len(args) < n {
+			return usageError{fmt.Errorf("%d arguments missing (%s)", n-len(args), usage)}
+		}
+		return usageError{fmt.Errorf("unexpected argument %q: %s takes %d (%s)", args[n], cmd.Name(), n, usage)}
+	}
+}
+
+// unknownCommand is the root's Args: any argument is a command that does
+// not exist.
+func unknownCommand(cmd *cobra.Command, args []string) error {
+	if len(args) == 0 {
 		return nil
 	}
+	msg := fmt.Sprintf("unknown command %q", args[0])
+	if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
+		msg += fmt.Sprintf(" (did you mean %q?)", s[0])
+	}
+	return usageError{errors.New(msg + "; run 'deltacome --help' for the list")}
+}
+
+// flagError marks a flag error as a usage error and says what a value must
+// be in the user's terms instead of the parser's ("strconv.ParseFloat: ...").
+func flagError(_ *cobra.Command, err error) error {
+	var ive *pflag.InvalidValueError
+	if errors.As(err, &ive) {
+		want := "a valid " + ive.GetFlag().Value.Type()
+		switch ive.GetFlag().Value.Type() {
+		case "float64", "float32":
+			want = "a number"
+		case "int", "int64", "uint", "uint64":
+			want = "a whole number"
+		case "bool":
+			want = "true or false"
+		}
+		err = fmt.Errorf("--%s %q: must be %s", ive.GetFlag().Name, ive.GetValue(), want)
+	}
+	return usageError{err}
 }

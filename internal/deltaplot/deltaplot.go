@@ -52,9 +52,10 @@ type LayerPoint struct {
 	// Role names the matrix's family (q, k, v, o, gate, up, down, ...):
 	// one line per role, in the order roles first appear in Layers.
 	Role string
-	// BitsPerWeight is the bytes stored for the matrix times 8 over its
-	// element count.
-	BitsPerWeight float64
+	// DeltaNorm is |Delta|_F, the size of the fine-tune's change to the
+	// matrix. (Bits per weight would be flat: every matrix gets the same
+	// share of its size.)
+	DeltaNorm float64
 	// RelError is |Delta - Delta_hat|_F / |Delta|_F.
 	RelError float64
 }
@@ -102,7 +103,7 @@ func Write(w io.Writer, format string, f Figure) error {
 	}
 	plots = append(plots, layerPlots...)
 	if len(plots) == 0 {
-		return errors.New("deltaplot: nothing to draw: no spectrum and no per-layer points")
+		return errors.New("nothing to draw: no spectrum and no per-layer points")
 	}
 	height := panelHeight * vg.Length(len(plots))
 	var c vg.CanvasWriterTo
@@ -125,7 +126,7 @@ func Write(w io.Writer, format string, f Figure) error {
 		p.Draw(canvases[i][0])
 	}
 	if _, err := c.WriteTo(w); err != nil {
-		return fmt.Errorf("deltaplot: write %s: %w", format, err)
+		return fmt.Errorf("write %s: %w", format, err)
 	}
 	return nil
 }
@@ -154,7 +155,7 @@ func spectrumPlot(s *Spectrum) (*plot.Plot, error) {
 		total += b.Count
 	}
 	if total != len(s.Sigma) {
-		return nil, fmt.Errorf("deltaplot: tensor %q: bands hold %d vectors, sigma has %d", s.Tensor, total, len(s.Sigma))
+		return nil, fmt.Errorf("tensor %q: bands hold %d vectors, sigma has %d", s.Tensor, total, len(s.Sigma))
 	}
 	p := plot.New()
 	p.Title.Text = "singular values of " + s.Tensor
@@ -183,7 +184,7 @@ func spectrumPlot(s *Spectrum) (*plot.Plot, error) {
 		}
 		sc, err := plotter.NewScatter(pts)
 		if err != nil {
-			return nil, fmt.Errorf("deltaplot: tensor %q: %w", s.Tensor, err)
+			return nil, fmt.Errorf("tensor %q: %w", s.Tensor, err)
 		}
 		sc.GlyphStyle.Color = bandColor(b.Bits)
 		sc.GlyphStyle.Shape = draw.CircleGlyph{}
@@ -194,8 +195,8 @@ func spectrumPlot(s *Spectrum) (*plot.Plot, error) {
 	return p, nil
 }
 
-// layerPlots draws bits per weight and relative error against the layer
-// index, one line per role; none when no point has a layer.
+// layerPlots draws the delta's norm and the relative error against the
+// layer index, one line per role; none when no point has a layer.
 func layerPlots(points []LayerPoint) ([]*plot.Plot, error) {
 	byRole := map[string][]LayerPoint{}
 	var roles []string
@@ -212,8 +213,8 @@ func layerPlots(points []LayerPoint) ([]*plot.Plot, error) {
 		return nil, nil
 	}
 	bits, errs := plot.New(), plot.New()
-	bits.Title.Text = "bits per weight stored, per layer"
-	bits.Y.Label.Text = "bits per weight"
+	bits.Title.Text = "size of the fine-tune's change |Delta|_F, per layer"
+	bits.Y.Label.Text = "|Delta|_F"
 	errs.Title.Text = "relative error |Delta - Delta_hat| / |Delta|, per layer"
 	errs.Y.Label.Text = "relative error"
 	for _, p := range []*plot.Plot{bits, errs} {
@@ -229,9 +230,9 @@ func layerPlots(points []LayerPoint) ([]*plot.Plot, error) {
 		slices.SortStableFunc(pts, func(a, b LayerPoint) int { return a.Layer - b.Layer })
 		bxy, exy := make(plotter.XYs, len(pts)), make(plotter.XYs, len(pts))
 		for j, pt := range pts {
-			bxy[j] = plotter.XY{X: float64(pt.Layer), Y: pt.BitsPerWeight}
+			bxy[j] = plotter.XY{X: float64(pt.Layer), Y: pt.DeltaNorm}
 			exy[j] = plotter.XY{X: float64(pt.Layer), Y: pt.RelError}
-			maxBits, maxErr = max(maxBits, pt.BitsPerWeight), max(maxErr, pt.RelError)
+			maxBits, maxErr = max(maxBits, pt.DeltaNorm), max(maxErr, pt.RelError)
 		}
 		for _, panel := range []struct {
 			p   *plot.Plot
@@ -239,7 +240,7 @@ func layerPlots(points []LayerPoint) ([]*plot.Plot, error) {
 		}{{bits, bxy}, {errs, exy}} {
 			l, s, err := plotter.NewLinePoints(panel.xys)
 			if err != nil {
-				return nil, fmt.Errorf("deltaplot: role %s: %w", role, err)
+				return nil, fmt.Errorf("role %s: %w", role, err)
 			}
 			c := plotutil.Color(i)
 			l.Color, s.Color = c, c

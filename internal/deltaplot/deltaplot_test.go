@@ -26,10 +26,10 @@ func testFigure() Figure {
 	var layers []LayerPoint
 	for _, role := range []string{"q", "up", "down"} {
 		for l := range 4 {
-			layers = append(layers, LayerPoint{Layer: l, Role: role, BitsPerWeight: 1, RelError: 0.2 + 0.1*rng.Float64()})
+			layers = append(layers, LayerPoint{Layer: l, Role: role, DeltaNorm: 1, RelError: 0.2 + 0.1*rng.Float64()})
 		}
 	}
-	layers = append(layers, LayerPoint{Layer: -1, Role: "other", BitsPerWeight: 1, RelError: 0.5})
+	layers = append(layers, LayerPoint{Layer: -1, Role: "other", DeltaNorm: 1, RelError: 0.5})
 	return Figure{Spectrum: s, Layers: layers}
 }
 

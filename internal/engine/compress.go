@@ -10,6 +10,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 
@@ -56,6 +57,9 @@ type CompressOptions struct {
 	Tool string
 	// Progress receives per-tensor events; nil means none.
 	Progress Progress
+	// Overwrite replaces an existing archive at the output path; without it
+	// Compress refuses one (ErrExists). An input is never overwritten.
+	Overwrite bool
 }
 
 // Summary totals a finished Compress.
@@ -79,6 +83,9 @@ func Compress(ctx context.Context, basePath, ftPath, outPath string, opt Compres
 	}
 	if opt.Progress == nil {
 		opt.Progress = NoProgress{}
+	}
+	if err := checkArchiveOut(outPath, opt.Overwrite, basePath, ftPath); err != nil {
+		return nil, err
 	}
 	base, ft, err := openPair(basePath, ftPath)
 	if err != nil {
@@ -118,6 +125,7 @@ func Compress(ctx context.Context, basePath, ftPath, outPath string, opt Compres
 
 	baseHash := make(map[string]string, len(base.Names()))
 	var errSq, normSq float64
+	var zeroRank []string // rank 0 that the headers did not predict
 	work := func(ctx context.Context, i int) (*encoded, error) {
 		e, err := encodeTensor(base, ft, names[i], opt)
 		// Nothing encoded aliases the inputs: let their pages go, so that
@@ -151,8 +159,8 @@ func Compress(ctx context.Context, basePath, ftPath, outPath string, opt Compres
 			sum.LowRankTensors++
 		}
 		sum.OrigBytes += e.rec.Bytes
-		if w, ok := rankZeroWarning(&e.rec); ok {
-			warn(w)
+		if rankZero(&e.rec) && !rankZeroAhead(e.rec.Shape, &opt) {
+			zeroRank = append(zeroRank, e.rec.Name)
 		}
 		opt.Progress.Tensor(ev)
 		return nil
@@ -160,15 +168,22 @@ func Compress(ctx context.Context, basePath, ftPath, outPath string, opt Compres
 	if err := ordered(ctx, len(names), opt.workers(), work, consume); err != nil {
 		return nil, err
 	}
+	if len(zeroRank) > 0 {
+		warn(rankZeroWarning(zeroRank))
+	}
 
 	if m.Base, err = fingerprintBase(ctx, base, baseHash); err != nil {
 		return nil, err
 	}
+	m.Base.Source = sourceName(basePath)
 	if err := addSideFiles(ft, w, m); err != nil {
 		return nil, err
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
+	}
+	if err := checkArchiveOut(outPath, opt.Overwrite, basePath, ftPath); err != nil {
+		return nil, err // created meanwhile: never replaced unasked
 	}
 	if err := w.Commit(m); err != nil {
 		return nil, err
@@ -183,6 +198,16 @@ func Compress(ctx context.Context, basePath, ftPath, outPath string, opt Compres
 		sum.AggRelError = math.Sqrt(errSq / normSq)
 	}
 	return &sum, nil
+}
+
+// sourceName is what an archive records of where its base came from: the
+// base's file or folder name, without the path leading to it, which would
+// make archives of the same inputs differ from machine to machine.
+func sourceName(path string) string {
+	if abs, err := filepath.Abs(path); err == nil {
+		path = abs
+	}
+	return filepath.Base(path)
 }
 
 // openPair opens BASE and FT; errors wrap ErrInput and say which failed.

@@ -271,7 +271,7 @@ func TestDeterministicAcrossWorkers(t *testing.T) {
 	var archives [][]byte
 	for _, w := range []int{1, 2, 3} {
 		opt := deltaOpts(t, 16, "auto")
-		opt.Workers = w
+		opt.Workers, opt.Overwrite = w, true
 		arch := filepath.Join(dir, "a.dcm")
 		_, err := Compress(ctx, tinyBase, tinyFT, arch, opt)
 		require.NoError(t, err)

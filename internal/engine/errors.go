@@ -1,6 +1,9 @@
 package engine
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Sentinel errors of the use cases, for callers to branch on with errors.Is.
 var (
@@ -16,3 +19,20 @@ var (
 	// ErrExists reports an output path that already exists.
 	ErrExists = errors.New("output already exists")
 )
+
+// kindError is an error of a sentinel's kind whose message is written for
+// the user alone: errors.Is matches the sentinel, but its text (meant for
+// programs) is not repeated in front of the message.
+type kindError struct {
+	kind error
+	err  error
+}
+
+func (e *kindError) Error() string   { return e.err.Error() }
+func (e *kindError) Unwrap() []error { return []error{e.kind, e.err} }
+
+// errorf formats an error of kind sentinel (see kindError); format may use
+// %w.
+func errorf(sentinel error, format string, args ...any) error {
+	return &kindError{kind: sentinel, err: fmt.Errorf(format, args...)}
+}

@@ -62,7 +62,9 @@ func TestFullDisk(t *testing.T) {
 			disk := smallDisk(t, size)
 			out := filepath.Join(disk, "a.dcm")
 			require.NoError(t, os.WriteFile(out, older, 0o644))
-			_, err := Compress(ctx, tinyBase, tinyFT, out, losslessOpts())
+			opt := losslessOpts()
+			opt.Overwrite = true
+			_, err := Compress(ctx, tinyBase, tinyFT, out, opt)
 			require.ErrorIs(t, err, syscall.ENOSPC)
 			t.Log(err)
 			assert.Contains(t, err.Error(), "a.dcm")

@@ -321,7 +321,9 @@ func TestCompressFailureKeepsOlderOut(t *testing.T) {
 	dir := t.TempDir()
 	arch := filepath.Join(dir, "a.dcm")
 	require.NoError(t, os.WriteFile(arch, []byte("older archive"), 0o644))
-	_, err := Compress(context.Background(), base, ft, arch, losslessOpts())
+	opt := losslessOpts()
+	opt.Overwrite = true
+	_, err := Compress(context.Background(), base, ft, arch, opt)
 	require.ErrorIs(t, err, ErrInput)
 	assert.Equal(t, []string{"a.dcm"}, fileNames(t, dir))
 	got, err := os.ReadFile(arch)
@@ -354,7 +356,7 @@ func TestCancelMidway(t *testing.T) {
 	for _, w := range []int{1, 2} {
 		ctx, cancel := context.WithCancel(context.Background())
 		opt := deltaOpts(t, 2, "auto")
-		opt.Workers, opt.Progress = w, &cancelAfter{n: 1, cancel: cancel}
+		opt.Workers, opt.Progress, opt.Overwrite = w, &cancelAfter{n: 1, cancel: cancel}, true
 		_, err := Compress(ctx, base, ft, out, opt)
 		cancel()
 		require.ErrorIs(t, err, context.Canceled)

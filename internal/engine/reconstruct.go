@@ -44,6 +44,9 @@ func Reconstruct(ctx context.Context, basePath, archivePath, outDir string, opt 
 	if opt.Progress == nil {
 		opt.Progress = NoProgress{}
 	}
+	if err := checkOutDir(outDir, basePath, archivePath); err != nil {
+		return nil, err
+	}
 	ar, err := archive.Open(archivePath)
 	if err != nil {
 		return nil, err
@@ -62,9 +65,6 @@ func Reconstruct(ctx context.Context, basePath, archivePath, outDir string, opt 
 	items, headers, err := planShards(m)
 	if err != nil {
 		return nil, fmt.Errorf("archive %s: %w", archivePath, err)
-	}
-	if err := checkOutDir(outDir); err != nil {
-		return nil, err
 	}
 	tmp, err := os.MkdirTemp(filepath.Dir(filepath.Clean(outDir)), "."+filepath.Base(outDir)+".tmp-*")
 	if err != nil {
@@ -99,7 +99,7 @@ func Reconstruct(ctx context.Context, basePath, archivePath, outDir string, opt 
 			return d.buf
 		}
 		var err error
-		d.data, err = decodeTensor(ar, base, items[i].rec, baseRec, m.Base.Fingerprint, opt.Force, alloc)
+		d.data, err = decodeTensor(ar, base, items[i].rec, baseRec, m, opt.Force, alloc)
 		return d, err
 	}
 	consume := func(i int, d decoded) error {
@@ -151,16 +151,31 @@ func Reconstruct(ctx context.Context, basePath, archivePath, outDir string, opt 
 	return sum, nil
 }
 
-// checkOutDir refuses an outDir that exists and is not an empty folder.
-func checkOutDir(outDir string) error {
-	entries, err := os.ReadDir(outDir)
+// checkOutDir refuses an outDir whose parent is not a writable folder,
+// that is or lies inside one of the inputs (checkNotInput), or that exists
+// and is not an empty folder.
+func checkOutDir(outDir string, inputs ...string) error {
+	if err := checkParent(outDir); err != nil {
+		return err
+	}
+	if err := checkNotInput(outDir, "OUTDIR", inputs...); err != nil {
+		return err
+	}
+	st, err := os.Stat(outDir)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		return nil
 	case err != nil:
-		return fmt.Errorf("%w: %s is not a usable folder: %v", ErrExists, outDir, err)
+		return errorf(ErrExists, "%s: %v", outDir, pathErr(err))
+	case !st.IsDir():
+		return errorf(ErrExists, "%s is a file; OUTDIR is the folder the checkpoint is written to", outDir)
+	}
+	entries, err := os.ReadDir(outDir)
+	switch {
+	case err != nil:
+		return errorf(ErrExists, "%s is not a usable folder: %v", outDir, pathErr(err))
 	case len(entries) > 0:
-		return fmt.Errorf("%w: %s is not empty", ErrExists, outDir)
+		return errorf(ErrExists, "%s is not empty; give a new folder, or empty it first", outDir)
 	}
 	return nil
 }
@@ -186,19 +201,52 @@ func checkBaseLayout(base *checkpoint.Checkpoint, m *archive.Manifest, force boo
 	if same {
 		return nil
 	}
-	return wrongBase(base, m.Base.Fingerprint, "its tensor names, dtypes or shapes differ")
+	return wrongBase(base, m, "its tensor names, dtypes or shapes differ")
 }
 
-// wrongBase builds the error for a base that does not match, naming both
-// fingerprints. Hashing the whole given base happens only on this path.
-func wrongBase(base *checkpoint.Checkpoint, want, why string) error {
+// wrongBase builds the error for a base that does not match the archive m:
+// the base it was made against (its source name and fingerprint) first,
+// then the given one's fingerprint. A given base that holds the archive's
+// own fine-tune (the arguments mixed up) is named as such, without the
+// --force that would only garble it. Hashing the whole given base happens
+// only on this path.
+func wrongBase(base *checkpoint.Checkpoint, m *archive.Manifest, why string) error {
 	got, err := fingerprintBase(context.Background(), base, nil)
 	fp := got.Fingerprint
 	if err != nil {
 		fp = "unknown (" + err.Error() + ")"
 	}
-	return fmt.Errorf("%w: %s was not the base of this archive (%s): its fingerprint is %s, the archive was made against %s; use --force to apply anyway",
-		ErrWrongBase, base.Path(), why, fp, want)
+	want := m.Base.Fingerprint
+	if m.Base.Source != "" {
+		want = fmt.Sprintf("%q (%s)", m.Base.Source, m.Base.Fingerprint)
+	}
+	if isFineTune(got.Tensors, m) {
+		return errorf(ErrWrongBase, "%s is the fine-tune stored in this archive, not its base: give the base it was made against, %s", base.Path(), want)
+	}
+	return errorf(ErrWrongBase, "%s is not the base this archive was made against (%s): that was %s, and %s has fingerprint %s. "+
+		"Give that base; --force applies the archive anyway, which gives wrong weights unless this base holds the same values (re-saved, for instance)",
+		base.Path(), why, want, base.Path(), fp)
+}
+
+// isFineTune reports whether the hashed tensors are the archive's
+// fine-tune: every tensor the archive stores as different from its base
+// (at least one) has the fine-tune's recorded SHA-256.
+func isFineTune(tensors []archive.BaseTensor, m *archive.Manifest) bool {
+	sha := make(map[string]string, len(tensors))
+	for _, t := range tensors {
+		sha[t.Name] = t.SHA256
+	}
+	changed := 0
+	for _, rec := range m.Tensors {
+		if rec.Kind == archive.KindSame {
+			continue
+		}
+		if sha[rec.Name] != rec.SHA256 {
+			return false
+		}
+		changed++
+	}
+	return changed > 0
 }
 
 type item struct {
@@ -242,7 +290,7 @@ func planShards(m *archive.Manifest) ([]item, [][]byte, error) {
 //
 // Kinds that compute their output write it into a buffer from alloc; the
 // others return the base's or the archive's bytes.
-func decodeTensor(ar *archive.Reader, base *checkpoint.Checkpoint, rec *archive.Tensor, baseRec map[string]archive.BaseTensor, fp string, force bool, alloc func(n int64) []byte) ([]byte, error) {
+func decodeTensor(ar *archive.Reader, base *checkpoint.Checkpoint, rec *archive.Tensor, baseRec map[string]archive.BaseTensor, m *archive.Manifest, force bool, alloc func(n int64) []byte) ([]byte, error) {
 	var bdata []byte
 	var bdt safetensors.DType
 	if rec.Kind != archive.KindFull {
@@ -256,7 +304,7 @@ func decodeTensor(ar *archive.Reader, base *checkpoint.Checkpoint, rec *archive.
 		}
 		bdt = bt.DType
 		if br, ok := baseRec[rec.Name]; !force && (!ok || br.SHA256 != sha256Hex(bdata)) {
-			return nil, wrongBase(base, fp, fmt.Sprintf("tensor %q has other bytes", rec.Name))
+			return nil, wrongBase(base, m, fmt.Sprintf("tensor %q has other bytes", rec.Name))
 		}
 		if !slices.Equal(bt.Shape, rec.Shape) {
 			return nil, fmt.Errorf("%w: tensor %q: shape %v in base, %v in archive", ErrWrongBase, rec.Name, bt.Shape, rec.Shape)

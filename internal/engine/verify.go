@@ -127,7 +127,7 @@ func Verify(ctx context.Context, basePath, ftPath, archivePath string, opt Verif
 	rep := &VerifyReport{}
 	var errSq, deltaSq, allErrSq, weightSq float64
 	work := func(ctx context.Context, i int) (TensorCheck, error) {
-		return checkTensor(ar, base, ft, &m.Tensors[i], baseRec, m.Base.Fingerprint)
+		return checkTensor(ar, base, ft, &m.Tensors[i], baseRec, m)
 	}
 	consume := func(i int, c TensorCheck) error {
 		rep.Tensors = append(rep.Tensors, c)
@@ -195,12 +195,12 @@ func losslessKind(kind string) bool {
 // checkTensor decodes one tensor as Reconstruct does (decodeTensor) and
 // compares it with the fine-tune's. Archive and base faults are returned as
 // errors; differences from FT go into the TensorCheck.
-func checkTensor(ar *archive.Reader, base, ft *checkpoint.Checkpoint, rec *archive.Tensor, baseRec map[string]archive.BaseTensor, fp string) (TensorCheck, error) {
+func checkTensor(ar *archive.Reader, base, ft *checkpoint.Checkpoint, rec *archive.Tensor, baseRec map[string]archive.BaseTensor, m *archive.Manifest) (TensorCheck, error) {
 	c := TensorCheck{Name: rec.Name, DType: rec.DType, Shape: rec.Shape, Kind: rec.Kind}
 	c.RecordedError, _, _ = rec.DeltaError()
 	defer base.Release(rec.Name)
 	defer ft.Release(rec.Name)
-	out, err := decodeTensor(ar, base, rec, baseRec, fp, false, newBuffer)
+	out, err := decodeTensor(ar, base, rec, baseRec, m, false, newBuffer)
 	if err != nil {
 		return c, err
 	}

@@ -2,11 +2,13 @@ package engine
 
 import (
 	"fmt"
-	"math"
 	"slices"
 	"strings"
 
+	"github.com/deltacome/deltacome/internal/alloc"
 	"github.com/deltacome/deltacome/internal/checkpoint"
+	"github.com/deltacome/deltacome/internal/lora"
+	"github.com/deltacome/deltacome/internal/lowrank"
 	"github.com/deltacome/deltacome/pkg/archive"
 )
 
@@ -70,17 +72,23 @@ const lowRatioLimit = 2
 // matches nothing, a ratio too low to pay.
 func pairWarnings(base, ft *checkpoint.Checkpoint, opt *CompressOptions) []Warning {
 	var ws []Warning
-	var ftOnly, baseOnly []string
-	selected := 0
+	var ftOnly, baseOnly, zero []string
+	selected, ftOnlySelected := 0, 0
 	for _, name := range ft.Names() {
 		t, _ := ft.Tensor(name)
 		bt, ok := base.Tensor(name)
 		if !ok {
 			ftOnly = append(ftOnly, name)
+			if opt.Mode == ModeDeltaCoMe && len(t.Shape) == 2 && opt.Select.Match(name) {
+				ftOnlySelected++
+			}
 			continue
 		}
 		if lowRankCandidate(name, t, bt, opt) {
 			selected++
+			if rankZeroAhead(t.Shape, opt) {
+				zero = append(zero, name)
+			}
 		}
 	}
 	for _, name := range base.Names() {
@@ -88,15 +96,17 @@ func pairWarnings(base, ft *checkpoint.Checkpoint, opt *CompressOptions) []Warni
 			baseOnly = append(baseOnly, name)
 		}
 	}
-	if len(ftOnly) > 0 {
+	// A tensor or two of the fine-tune's own (a new head) is ordinary; a
+	// projection without a base counterpart, or half the names unmatched,
+	// means the names or the base are not what they should be.
+	if ftOnlySelected > 0 || 2*len(ftOnly) >= len(ft.Names()) && len(ftOnly) > 0 {
 		ws = append(ws, Warning{Code: WarnUnmatchedNames, Message: fmt.Sprintf(
 			"%d of %d fine-tune tensors have no tensor of that name in the base (%s): they are stored whole, uncompressed; is %s the base of %s?",
 			len(ftOnly), len(ft.Names()), listNames(ftOnly), base.Path(), ft.Path())})
-	}
-	if len(baseOnly) > 0 {
-		ws = append(ws, Warning{Code: WarnUnmatchedNames, Message: fmt.Sprintf(
-			"%d base tensors are absent from the fine-tune (%s); the reconstruction will not have them either",
-			len(baseOnly), listNames(baseOnly))})
+		if len(baseOnly) > 0 {
+			ws = append(ws, Warning{Code: WarnUnmatchedNames, Message: fmt.Sprintf(
+				"%d base tensors are absent from the fine-tune (%s)", len(baseOnly), listNames(baseOnly))})
+		}
 	}
 	if opt.Mode != ModeDeltaCoMe {
 		return ws
@@ -108,7 +118,12 @@ func pairWarnings(base, ft *checkpoint.Checkpoint, opt *CompressOptions) []Warni
 		}
 		ws = append(ws, Warning{Code: WarnEmptySelection, Message: msg})
 	}
-	if opt.method() != MethodBitDelta && opt.Ratio < lowRatioLimit && !math.IsInf(opt.Ratio, 0) {
+	if len(zero) > 0 {
+		ws = append(ws, Warning{Code: WarnRankZero, Message: fmt.Sprintf(
+			"at --ratio %g the budget of %d of %d selected projections (%s) is too small for even one singular pair: they keep rank 0 and are reconstructed as their base, dropping their fine-tuning; lower --ratio",
+			opt.Ratio, len(zero), selected, listNames(zero))})
+	}
+	if opt.method() != MethodBitDelta && opt.Ratio < lowRatioLimit {
 		ws = append(ws, Warning{Code: WarnLowRatio, Message: fmt.Sprintf(
 			"at --ratio %g each projection may keep %.0f%% of its 16-bit size, lossily; --lossless typically stores it bit-exact in about 60%%",
 			opt.Ratio, 100/opt.Ratio)})
@@ -116,20 +131,42 @@ func pairWarnings(base, ft *checkpoint.Checkpoint, opt *CompressOptions) []Warni
 	return ws
 }
 
-// rankZeroWarning reports a lossy record that kept no singular pair, or
-// returns false.
-func rankZeroWarning(rec *archive.Tensor) (Warning, bool) {
-	rank := -1
+// rankZeroAhead reports whether a selected projection of this shape cannot
+// keep a single singular pair within its budget, whatever its delta: the
+// cheapest pair (1-bit codes, or bf16 factors for the low-rank method)
+// costs more than the budget. BitDelta has no rank.
+func rankZeroAhead(shape []uint64, opt *CompressOptions) bool {
+	rows, cols := int(shape[0]), int(shape[1])
+	if rows == 0 || cols == 0 {
+		return false
+	}
+	budget := lowrank.Budget(rows, cols, opt.Ratio)
+	switch opt.method() {
+	case MethodBitDelta:
+		return false
+	case MethodLowRank:
+		return lora.Cost(rows, cols, 1) > budget
+	}
+	return alloc.Cost(rows, cols, opt.GroupSize, []int{1}) > budget
+}
+
+// rankZero reports whether a stored record is a lossy one that kept no
+// singular pair.
+func rankZero(rec *archive.Tensor) bool {
 	switch {
 	case rec.LowRank != nil:
-		rank = rec.LowRank.Rank
+		return rec.LowRank.Rank == 0
 	case rec.LowRankBF16 != nil:
-		rank = rec.LowRankBF16.Rank
+		return rec.LowRankBF16.Rank == 0
 	}
-	if rank != 0 {
-		return Warning{}, false
-	}
-	return Warning{Code: WarnRankZero, Subject: rec.Name, Message: fmt.Sprintf(
-		"tensor %q: its budget at this ratio holds no singular pair, so it keeps rank 0 and is reconstructed as the base tensor; lower --ratio to keep part of its delta",
-		rec.Name)}, true
+	return false
+}
+
+// rankZeroWarning reports the projections that kept rank 0 although their
+// budget held a pair (an all-zero delta, or every pair's error above its
+// cost): the delta is dropped and the base is what comes back.
+func rankZeroWarning(names []string) Warning {
+	return Warning{Code: WarnRankZero, Message: fmt.Sprintf(
+		"%d projections kept rank 0 (%s): they are reconstructed as their base tensor",
+		len(names), listNames(names))}
 }

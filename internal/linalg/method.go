@@ -6,7 +6,7 @@ import (
 )
 
 // ErrBadMethod reports an unknown SVD method name (ParseMethod).
-var ErrBadMethod = errors.New("linalg: unknown SVD method")
+var ErrBadMethod = errors.New("unknown SVD route")
 
 // Method selects how Truncated computes a truncated SVD. The zero value is
 // MethodAuto.

@@ -14,12 +14,12 @@ import (
 var (
 	// ErrShape reports a slice length that does not match rows x cols, a
 	// non-positive dimension, or a rank outside [0, min(rows, cols)].
-	ErrShape = errors.New("linalg: bad shape")
+	ErrShape = errors.New("bad matrix shape")
 	// ErrNotFinite reports a NaN or an infinity in the input matrix.
-	ErrNotFinite = errors.New("linalg: matrix has NaN or Inf entries")
+	ErrNotFinite = errors.New("matrix has NaN or Inf entries")
 	// ErrNoConvergence reports that an iterative LAPACK routine did not
 	// converge; it does not happen for finite input in practice.
-	ErrNoConvergence = errors.New("linalg: decomposition did not converge")
+	ErrNoConvergence = errors.New("the decomposition did not converge")
 )
 
 // SVD is a truncated singular value decomposition A ≈ U diag(S) Vᵀ of a

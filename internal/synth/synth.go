@@ -21,7 +21,7 @@ import (
 )
 
 // ErrConfig reports a Config that cannot describe a model.
-var ErrConfig = errors.New("synth: bad config")
+var ErrConfig = errors.New("bad synthetic model settings")
 
 // Config describes the synthetic model pair.
 type Config struct {
@@ -166,7 +166,7 @@ func Write(ctx context.Context, dir string, c Config, workers int) error {
 	}
 	header, err := stfile.EncodeHeader(infos, map[string]string{"format": "pt"})
 	if err != nil {
-		return fmt.Errorf("synth: header: %w", err)
+		return fmt.Errorf("header: %w", err)
 	}
 	var outs [2]*output
 	for i, side := range []string{"base", "ft"} {
@@ -189,7 +189,7 @@ func Write(ctx context.Context, dir string, c Config, workers int) error {
 	}
 	cfgJSON, err := json.MarshalIndent(c.hfConfig(), "", "  ")
 	if err != nil {
-		return fmt.Errorf("synth: config.json: %w", err)
+		return fmt.Errorf("config.json: %w", err)
 	}
 	for _, o := range outs {
 		if err := o.commit(append(cfgJSON, '\n')); err != nil {
@@ -226,20 +226,20 @@ type output struct {
 
 func createOutput(dir string, header []byte) (*output, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("synth: %w", err)
+		return nil, fmt.Errorf("%w", err)
 	}
 	f, err := os.CreateTemp(dir, ".model.safetensors.tmp-*")
 	if err != nil {
-		return nil, fmt.Errorf("synth: %w", err)
+		return nil, fmt.Errorf("%w", err)
 	}
 	o := &output{dir: dir, tmp: f.Name(), f: f, w: bufio.NewWriterSize(f, 1<<20)}
 	if err := f.Chmod(0o644); err != nil { // CreateTemp makes it 0600
 		o.abort()
-		return nil, fmt.Errorf("synth: %w", err)
+		return nil, fmt.Errorf("%w", err)
 	}
 	if err := stfile.WriteHeader(o.w, header); err != nil {
 		o.abort()
-		return nil, fmt.Errorf("synth: write %s: %w", o.tmp, err)
+		return nil, fmt.Errorf("write %s: %w", o.tmp, err)
 	}
 	return o, nil
 }
@@ -250,10 +250,10 @@ func (o *output) write(v []float32) error {
 	}
 	b := o.buf[:2*len(v)]
 	if err := dtype.Encode(b, v, safetensors.BF16); err != nil {
-		return fmt.Errorf("synth: %w", err)
+		return fmt.Errorf("%w", err)
 	}
 	if _, err := o.w.Write(b); err != nil {
-		return fmt.Errorf("synth: write %s: %w", o.tmp, err)
+		return fmt.Errorf("write %s: %w", o.tmp, err)
 	}
 	return nil
 }
@@ -275,7 +275,7 @@ func (o *output) commit(cfgJSON []byte) error {
 		err = os.WriteFile(filepath.Join(o.dir, "config.json"), cfgJSON, 0o644)
 	}
 	if err != nil {
-		return fmt.Errorf("synth: %s: %w", o.dir, err)
+		return fmt.Errorf("%s: %w", o.dir, err)
 	}
 	return nil
 }

@@ -117,8 +117,12 @@ type Settings struct {
 type Base struct {
 	// Fingerprint is "sha256:" + hex SHA-256 over the Tensors records
 	// (see Fingerprint).
-	Fingerprint string       `json:"fingerprint"`
-	Tensors     []BaseTensor `json:"tensors"`
+	Fingerprint string `json:"fingerprint"`
+	// Source names the base as compress was given it (the folder or file
+	// name, without the path that leads to it); informative only, absent
+	// in archives written before it existed.
+	Source  string       `json:"source,omitempty"`
+	Tensors []BaseTensor `json:"tensors"`
 }
 
 // BaseTensor is one tensor of the base: enough to check, tensor by tensor,

@@ -28,6 +28,26 @@ type entry struct {
 	pos        int // position in the header, to order zero-byte tensors
 }
 
+// notHeader says why the start of buf, whose first 8 bytes read as the
+// header length n, is no safetensors header, quoting its first bytes when
+// they are text (a JSON or text file given by mistake).
+func notHeader(buf []byte, n uint64) string {
+	var why string
+	switch {
+	case n > MaxHeaderSize:
+		why = fmt.Sprintf("its first 8 bytes, read as the header length, give %d, above the limit of %d", n, MaxHeaderSize)
+	case n > uint64(len(buf)-8):
+		why = fmt.Sprintf("its first 8 bytes, read as the header length, give %d, past the end of the file (%d bytes)", n, len(buf))
+	default:
+		why = "its header does not start with '{': it is not JSON"
+	}
+	head := buf[:min(len(buf), 24)]
+	if utf8.Valid(head) && !slices.ContainsFunc([]rune(string(head)), func(r rune) bool { return r < ' ' && r != '\n' && r != '\t' && r != '\r' }) {
+		why += fmt.Sprintf("; it starts with the text %q", head)
+	}
+	return why + " (a safetensors file starts with an 8-byte little-endian header length, then a JSON header)"
+}
+
 // Parse validates buf, the whole content of a safetensors file, and returns
 // a File over it without copying tensor data: buf must stay unchanged while
 // the File is used. path only names the file in errors and in Path. Errors
@@ -39,11 +59,8 @@ func Parse(path string, buf []byte) (*File, error) {
 	// Check the length before touching the header, so that a hostile length
 	// costs nothing.
 	n := binary.LittleEndian.Uint64(buf[:8])
-	if n > MaxHeaderSize {
-		return nil, formatError(path, "header length %d exceeds the limit of %d bytes", n, MaxHeaderSize)
-	}
-	if n > uint64(len(buf)-8) {
-		return nil, formatError(path, "header length %d runs past the end of the file (%d bytes)", n, len(buf))
+	if n > MaxHeaderSize || n > uint64(len(buf)-8) || !bytes.HasPrefix(bytes.TrimLeft(buf[8:8+n], " \t\r\n"), []byte("{")) {
+		return nil, formatError(path, "not a safetensors file: %s", notHeader(buf, n))
 	}
 	header := buf[8 : 8+n]
 	entries, metadata, err := parseHeader(header)
