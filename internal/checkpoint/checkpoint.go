@@ -108,7 +108,7 @@ func Open(path string) (*Checkpoint, error) {
 	}
 	f, err := stfile.Open(filepath.Join(path, SingleName))
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("%s: %w: no %s or %s", path, ErrNoCheckpoint, SingleName, IndexName)
+		return nil, fmt.Errorf("%s: %w: no %s or %s%s", path, ErrNoCheckpoint, SingleName, IndexName, folderHint(path))
 	}
 	if err != nil {
 		return nil, err
@@ -285,4 +285,33 @@ func (e *formatErr) Unwrap() error { return ErrFormat }
 // formatError returns an error "path: what: detail" wrapping ErrFormat.
 func formatError(path, what, format string, args ...any) error {
 	return &formatErr{msg: path + ": " + what + ": " + fmt.Sprintf(format, args...)}
+}
+
+// folderHint says what a folder without a safetensors checkpoint holds
+// instead, when that tells the user what to do: weights in another format,
+// other .safetensors names, or the snapshots of a Hugging Face cache entry.
+func folderHint(dir string) string {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return ""
+	}
+	var other, st []string
+	for _, e := range entries {
+		name := e.Name()
+		switch ext := filepath.Ext(name); {
+		case e.IsDir() && name == "snapshots":
+			return "; this looks like a Hugging Face cache entry: give its snapshots/<revision> folder"
+		case ext == ".safetensors":
+			st = append(st, name)
+		case ext == ".bin" || ext == ".pt" || ext == ".pth" || ext == ".ckpt" || ext == ".gguf" || ext == ".h5" || ext == ".msgpack":
+			other = append(other, name)
+		}
+	}
+	switch {
+	case len(st) > 0:
+		return fmt.Sprintf("; it holds %s: give that file itself as the checkpoint", strings.Join(st, ", "))
+	case len(other) > 0:
+		return fmt.Sprintf("; it holds %s, which deltacome does not read: save the model as safetensors first (transformers: model.save_pretrained(dir, safe_serialization=True))", strings.Join(other, ", "))
+	}
+	return ""
 }

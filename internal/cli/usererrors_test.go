@@ -195,6 +195,9 @@ func TestWarnings(t *testing.T) {
 	require.Equal(t, ExitOK, code)
 	assert.Empty(t, stderr, "--quiet prints nothing but errors")
 
+	codes, _ = compressWarnings(t, base, base, out("same"))
+	assert.Equal(t, []string{engine.WarnSameInput}, codes)
+
 	stdout, _, code := execute(t, "compress", "--dry-run", "--ratio", "10000", base, ft)
 	require.Equal(t, ExitOK, code)
 	assert.Contains(t, stdout, "warning: at --ratio 10000 the budget of 1 of 1 selected projections")
@@ -214,4 +217,50 @@ func TestInspectReadsLikeAPerson(t *testing.T) {
 	i1, i3 := strings.Index(stdout, "model.layers.1.mlp"), strings.Index(stdout, "model.layers.3.mlp")
 	require.True(t, i1 >= 0 && i3 >= 0)
 	assert.Less(t, i1, i3)
+}
+
+// TestUserMistakes: arguments in the wrong order, the wrong kind of file,
+// a model in another format: each gets a message that says what to do,
+// the documented exit code, and nothing written.
+func TestUserMistakes(t *testing.T) {
+	dir := t.TempDir()
+	base, ft := writePair(t, dir, nil)
+	arch := filepath.Join(dir, "a.dcm")
+	_, stderr, code := execute(t, "compress", "-q", base, ft, arch)
+	require.Equal(t, ExitOK, code, stderr)
+	binOnly := filepath.Join(dir, "bin-only")
+	require.NoError(t, os.MkdirAll(binOnly, 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(binOnly, "pytorch_model.bin"), []byte("x"), 0o644))
+	cache := filepath.Join(dir, "models--org--name")
+	require.NoError(t, os.MkdirAll(filepath.Join(cache, "snapshots", "abc"), 0o755))
+	text := filepath.Join(dir, "notes.safetensors")
+	require.NoError(t, os.WriteFile(text, []byte("these are not the weights you are looking for"), 0o644))
+	out := filepath.Join(dir, "out")
+	before := digestTree(t, dir)
+
+	for _, tc := range []struct {
+		name    string
+		args    []string
+		want    int
+		mention string
+	}{
+		{"reconstruct with archive and base swapped", []string{"reconstruct", arch, base, out}, ExitBadInput, "is a folder, not an archive file: are the arguments in the right order?"},
+		{"verify with archive and fine-tune swapped", []string{"verify", base, arch, ft}, ExitBadInput, "is a folder, not an archive file"},
+		{"inspect a folder", []string{"inspect", base}, ExitBadInput, "is a folder, not an archive file"},
+		{"archive given as the fine-tune", []string{"compress", base, arch, out + ".dcm"}, ExitBadInput, "is a deltacome archive, not a checkpoint"},
+		{"a missing fine-tune", []string{"compress", base, filepath.Join(dir, "nope"), out + ".dcm"}, ExitBadInput, "does not exist"},
+		{"a missing archive", []string{"reconstruct", base, filepath.Join(dir, "nope.dcm"), out}, ExitBadInput, "archive " + filepath.Join(dir, "nope.dcm") + " does not exist"},
+		{"a PyTorch folder", []string{"compress", base, binOnly, out + ".dcm"}, ExitBadInput, "holds pytorch_model.bin, which deltacome does not read"},
+		{"a Hugging Face cache entry", []string{"compress", base, cache, out + ".dcm"}, ExitBadInput, "give its snapshots/<revision> folder"},
+		{"a text file as checkpoint", []string{"compress", base, text, out + ".dcm"}, ExitBadInput, `not a safetensors file: its first 8 bytes`},
+		{"a bad pattern", []string{"compress", "--include", "(", base, ft, out + ".dcm"}, ExitUsage, `--include "(": not a valid regular expression`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err, code := executeErr(t, tc.args...)
+			require.Error(t, err)
+			assert.Equal(t, tc.want, code, err)
+			assert.Contains(t, err.Error(), tc.mention)
+			assert.Equal(t, before, digestTree(t, dir), "nothing written")
+		})
+	}
 }

@@ -118,22 +118,22 @@ func Compare(ctx context.Context, basePath, ftPath string, opt CompareOptions) (
 	}
 	for i, m := range methods {
 		if m == "" || checkMethod(m) != nil {
-			return nil, fmt.Errorf("%w: unknown method %q (want deltacome, bitdelta or lowrank)", ErrUsage, m)
+			return nil, errorf(ErrUsage, "unknown method %q (want deltacome, bitdelta or lowrank)", m)
 		}
 		if slices.Contains(methods[:i], m) {
-			return nil, fmt.Errorf("%w: method %q listed twice", ErrUsage, m)
+			return nil, errorf(ErrUsage, "method %q listed twice", m)
 		}
 	}
 	for i, r := range ratios {
 		if !(r >= 1) || math.IsInf(r, 0) {
-			return nil, fmt.Errorf("%w: ratio must be finite and >= 1, got %v", ErrUsage, r)
+			return nil, errorf(ErrUsage, "ratio must be finite and >= 1, got %v", r)
 		}
 		if slices.Contains(ratios[:i], r) {
-			return nil, fmt.Errorf("%w: ratio %v listed twice", ErrUsage, r)
+			return nil, errorf(ErrUsage, "ratio %v listed twice", r)
 		}
 	}
 	if len(methods) == 0 || len(ratios) == 0 {
-		return nil, fmt.Errorf("%w: nothing to compare: no methods or no ratios", ErrUsage)
+		return nil, errorf(ErrUsage, "nothing to compare: no methods or no ratios")
 	}
 
 	dir := opt.KeepDir

@@ -210,38 +210,24 @@ func sourceName(path string) string {
 	return filepath.Base(path)
 }
 
-// openPair opens BASE and FT; errors wrap ErrInput and say which failed.
-func openPair(basePath, ftPath string) (base, ft *checkpoint.Checkpoint, err error) {
-	base, err = checkpoint.Open(basePath)
-	if err != nil {
-		return nil, nil, fmt.Errorf("%w: base: %w", ErrInput, err)
-	}
-	ft, err = checkpoint.Open(ftPath)
-	if err != nil {
-		base.Close()
-		return nil, nil, fmt.Errorf("%w: fine-tune: %w", ErrInput, err)
-	}
-	return base, ft, nil
-}
-
 func (opt *CompressOptions) validate() error {
 	switch opt.Mode {
 	case ModeLossless:
 	case ModeDeltaCoMe:
 		if !(opt.Ratio >= 1) {
-			return fmt.Errorf("%w: ratio must be >= 1, got %v", ErrUsage, opt.Ratio)
+			return errorf(ErrUsage, "ratio must be >= 1, got %v", opt.Ratio)
 		}
 		if opt.GroupSize < 1 {
-			return fmt.Errorf("%w: group size must be >= 1, got %d", ErrUsage, opt.GroupSize)
+			return errorf(ErrUsage, "group size must be >= 1, got %d", opt.GroupSize)
 		}
 		if opt.Select == nil {
-			return fmt.Errorf("%w: no tensor selector", ErrUsage)
+			return errorf(ErrUsage, "no tensor selector")
 		}
 		if err := checkMethod(opt.Method); err != nil {
 			return err
 		}
 	default:
-		return fmt.Errorf("%w: unknown mode %q", ErrUsage, opt.Mode)
+		return errorf(ErrUsage, "unknown mode %q", opt.Mode)
 	}
 	return nil
 }
@@ -294,7 +280,7 @@ func encodeTensor(base, ft *checkpoint.Checkpoint, name string, opt CompressOpti
 	t, _ := ft.Tensor(name)
 	data, err := ft.Data(name)
 	if err != nil {
-		return nil, fmt.Errorf("%w: fine-tune: %w", ErrInput, err)
+		return nil, errorf(ErrInput, "fine-tune: %w", err)
 	}
 	e := &encoded{rec: archive.Tensor{Name: name, DType: t.DType.String(), Shape: t.Shape, Shard: t.Shard,
 		Bytes: int64(len(data))}}
@@ -305,11 +291,11 @@ func encodeTensor(base, ft *checkpoint.Checkpoint, name string, opt CompressOpti
 		return e, e.storeFull(data, t.DType)
 	}
 	if !slices.Equal(bt.Shape, t.Shape) {
-		return nil, fmt.Errorf("%w: tensor %q: shape %v in fine-tune %s, %v in base %s", ErrInput, name, t.Shape, ft.Path(), bt.Shape, base.Path())
+		return nil, errorf(ErrInput, "tensor %q: shape %v in fine-tune %s, %v in base %s", name, t.Shape, ft.Path(), bt.Shape, base.Path())
 	}
 	bdata, err := base.Data(name)
 	if err != nil {
-		return nil, fmt.Errorf("%w: base: %w", ErrInput, err)
+		return nil, errorf(ErrInput, "base: %w", err)
 	}
 	e.rec.SHA256, e.baseSHA = sha256Both(data, bdata)
 
@@ -340,7 +326,7 @@ func (e *encoded) storeLowRank(data []byte, dt safetensors.DType, bdata []byte, 
 	rows, cols := int(e.rec.Shape[0]), int(e.rec.Shape[1])
 	delta := make([]float32, rows*cols)
 	if err := lowrank.Delta(delta, data, dt, bdata, bdt); err != nil {
-		return fmt.Errorf("%w: tensor %q: %w", ErrInput, e.rec.Name, err)
+		return errorf(ErrInput, "tensor %q: %w", e.rec.Name, err)
 	}
 	switch opt.method() {
 	case MethodBitDelta:
@@ -392,7 +378,7 @@ func fingerprintBase(ctx context.Context, base *checkpoint.Checkpoint, known map
 		if !ok {
 			data, err := base.Data(name)
 			if err != nil {
-				return b, fmt.Errorf("%w: base: %w", ErrInput, err)
+				return b, errorf(ErrInput, "base: %w", err)
 			}
 			h = sha256Hex(data)
 			base.Release(name)
@@ -406,12 +392,12 @@ func fingerprintBase(ctx context.Context, base *checkpoint.Checkpoint, known map
 func addSideFiles(ft *checkpoint.Checkpoint, w *archive.Writer, m *archive.Manifest) error {
 	files, err := ft.SideFiles()
 	if err != nil {
-		return fmt.Errorf("%w: %w", ErrInput, err)
+		return errorf(ErrInput, "%w", err)
 	}
 	for _, f := range files {
 		data, err := readSmallFile(f.Path, f.Size)
 		if err != nil {
-			return fmt.Errorf("%w: side file: %w", ErrInput, err)
+			return errorf(ErrInput, "side file: %w", err)
 		}
 		b, stored, err := archive.EncodeBlob(archive.RoleSideFile, "__side__/"+f.Name, data, archive.CodecZstd, 0)
 		if err != nil {

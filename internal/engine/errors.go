@@ -3,6 +3,7 @@ package engine
 import (
 	"errors"
 	"fmt"
+	"regexp/syntax"
 )
 
 // Sentinel errors of the use cases, for callers to branch on with errors.Is.
@@ -35,4 +36,14 @@ func (e *kindError) Unwrap() []error { return []error{e.kind, e.err} }
 // %w.
 func errorf(sentinel error, format string, args ...any) error {
 	return &kindError{kind: sentinel, err: fmt.Errorf(format, args...)}
+}
+
+// regexpError restates a pattern's syntax error without the parser's
+// wording ("error parsing regexp: ...").
+func regexpError(err error) error {
+	var se *syntax.Error
+	if errors.As(err, &se) {
+		return fmt.Errorf("not a valid regular expression: %s at %q", se.Code, se.Expr)
+	}
+	return err
 }

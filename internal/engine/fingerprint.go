@@ -18,7 +18,7 @@ import (
 func Fingerprint(ctx context.Context, path string) (string, error) {
 	c, err := checkpoint.Open(path)
 	if err != nil {
-		return "", fmt.Errorf("%w: %w", ErrInput, err)
+		return "", errorf(ErrInput, "%w", err)
 	}
 	defer c.Close()
 	b, err := fingerprintBase(ctx, c, nil)
@@ -41,14 +41,14 @@ func Fingerprint(ctx context.Context, path string) (string, error) {
 func QuickFingerprint(path string) (string, error) {
 	c, err := checkpoint.Open(path)
 	if err != nil {
-		return "", fmt.Errorf("%w: %w", ErrInput, err)
+		return "", errorf(ErrInput, "%w", err)
 	}
 	defer c.Close()
 	h := sha256.New()
 	fileFacts := func(kind, p string) error {
 		st, err := os.Stat(p)
 		if err != nil {
-			return fmt.Errorf("%w: %w", ErrInput, err)
+			return errorf(ErrInput, "%w", err)
 		}
 		fmt.Fprintf(h, "%s\x00%s\x00%d\x00%d\n", kind, filepath.Base(p), st.Size(), st.ModTime().UnixNano())
 		return nil
@@ -67,7 +67,7 @@ func QuickFingerprint(path string) (string, error) {
 	}
 	side, err := c.SideFiles()
 	if err != nil {
-		return "", fmt.Errorf("%w: %w", ErrInput, err)
+		return "", errorf(ErrInput, "%w", err)
 	}
 	for _, f := range side {
 		if err := fileFacts("side", f.Path); err != nil {

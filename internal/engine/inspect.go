@@ -53,7 +53,7 @@ func (t *Totals) add(rec *archive.Tensor) {
 // Inspect opens and validates the archive at path and totals its contents.
 // It reads the header only; blob checksums are verified by Reconstruct.
 func Inspect(path string) (*Report, error) {
-	ar, err := archive.Open(path)
+	ar, err := openArchive(path)
 	if err != nil {
 		return nil, err
 	}

@@ -43,7 +43,7 @@ func checkMethod(m string) error {
 	case "", MethodDeltaCoMe, MethodBitDelta, MethodLowRank:
 		return nil
 	}
-	return fmt.Errorf("%w: unknown method %q (want deltacome, bitdelta or lowrank)", ErrUsage, m)
+	return errorf(ErrUsage, "unknown method %q (want deltacome, bitdelta or lowrank)", m)
 }
 
 // storeBitDelta stores delta as kind bitdelta: packed signs and one scale.

@@ -121,7 +121,7 @@ func Plan(basePath, ftPath string, opt CompressOptions) (*CompressPlan, error) {
 		case !inBase:
 			pt.Kind, pt.MaxBytes = archive.KindFull, zstdBound(t.Size)
 		case !slices.Equal(bt.Shape, t.Shape):
-			return nil, fmt.Errorf("%w: tensor %q: shape %v in fine-tune %s, %v in base %s", ErrInput, name, t.Shape, ft.Path(), bt.Shape, base.Path())
+			return nil, errorf(ErrInput, "tensor %q: shape %v in fine-tune %s, %v in base %s", name, t.Shape, ft.Path(), bt.Shape, base.Path())
 		case lowRankCandidate(name, t, bt, &opt):
 			rows, cols := int(t.Shape[0]), int(t.Shape[1])
 			switch opt.method() {
@@ -154,7 +154,7 @@ func Plan(basePath, ftPath string, opt CompressOptions) (*CompressPlan, error) {
 	}
 	side, err := ft.SideFiles()
 	if err != nil {
-		return nil, fmt.Errorf("%w: fine-tune: %w", ErrInput, err)
+		return nil, errorf(ErrInput, "fine-tune: %w", err)
 	}
 	for _, f := range side {
 		p.SideFiles++

@@ -47,15 +47,15 @@ func Reconstruct(ctx context.Context, basePath, archivePath, outDir string, opt 
 	if err := checkOutDir(outDir, basePath, archivePath); err != nil {
 		return nil, err
 	}
-	ar, err := archive.Open(archivePath)
+	ar, err := openArchive(archivePath)
 	if err != nil {
 		return nil, err
 	}
 	defer ar.Close()
 	m := ar.Manifest
-	base, err := checkpoint.Open(basePath)
+	base, err := openCheckpoint("base", basePath)
 	if err != nil {
-		return nil, fmt.Errorf("%w: base: %w", ErrInput, err)
+		return nil, err
 	}
 	defer base.Close()
 
@@ -296,18 +296,18 @@ func decodeTensor(ar *archive.Reader, base *checkpoint.Checkpoint, rec *archive.
 	if rec.Kind != archive.KindFull {
 		bt, ok := base.Tensor(rec.Name)
 		if !ok {
-			return nil, fmt.Errorf("%w: tensor %q is stored as a delta but %s has no such tensor", ErrWrongBase, rec.Name, base.Path())
+			return nil, errorf(ErrWrongBase, "tensor %q is stored as a delta but %s has no such tensor", rec.Name, base.Path())
 		}
 		var err error
 		if bdata, err = base.Data(rec.Name); err != nil {
-			return nil, fmt.Errorf("%w: base: %w", ErrInput, err)
+			return nil, errorf(ErrInput, "base: %w", err)
 		}
 		bdt = bt.DType
 		if br, ok := baseRec[rec.Name]; !force && (!ok || br.SHA256 != sha256Hex(bdata)) {
 			return nil, wrongBase(base, m, fmt.Sprintf("tensor %q has other bytes", rec.Name))
 		}
 		if !slices.Equal(bt.Shape, rec.Shape) {
-			return nil, fmt.Errorf("%w: tensor %q: shape %v in base, %v in archive", ErrWrongBase, rec.Name, bt.Shape, rec.Shape)
+			return nil, errorf(ErrWrongBase, "tensor %q: shape %v in base, %v in archive", rec.Name, bt.Shape, rec.Shape)
 		}
 	}
 	blob := func(role string) ([]byte, error) {
@@ -322,7 +322,7 @@ func decodeTensor(ar *archive.Reader, base *checkpoint.Checkpoint, rec *archive.
 	switch rec.Kind {
 	case archive.KindSame:
 		if int64(len(bdata)) != rec.Bytes || bdt.String() != rec.DType {
-			return nil, fmt.Errorf("%w: tensor %q: base has %s of %d bytes, archive expects %s of %d", ErrWrongBase, rec.Name, bdt, len(bdata), rec.DType, rec.Bytes)
+			return nil, errorf(ErrWrongBase, "tensor %q: base has %s of %d bytes, archive expects %s of %d", rec.Name, bdt, len(bdata), rec.DType, rec.Bytes)
 		}
 		out = bdata
 	case archive.KindFull:

@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"fmt"
 	"regexp"
 )
 
@@ -36,14 +35,14 @@ func NewSelector(include, exclude []string) (*Selector, error) {
 	for _, p := range include {
 		re, err := regexp.Compile(p)
 		if err != nil {
-			return nil, fmt.Errorf("%w: --include %q: %v", ErrUsage, p, err)
+			return nil, errorf(ErrUsage, "--include %q: %v", p, regexpError(err))
 		}
 		s.include = append(s.include, re)
 	}
 	for _, p := range exclude {
 		re, err := regexp.Compile(p)
 		if err != nil {
-			return nil, fmt.Errorf("%w: --exclude %q: %v", ErrUsage, p, err)
+			return nil, errorf(ErrUsage, "--exclude %q: %v", p, regexpError(err))
 		}
 		s.exclude = append(s.exclude, re)
 	}

@@ -99,7 +99,7 @@ func Verify(ctx context.Context, basePath, ftPath, archivePath string, opt Verif
 	if opt.Progress == nil {
 		opt.Progress = NoProgress{}
 	}
-	ar, err := archive.Open(archivePath)
+	ar, err := openArchive(archivePath)
 	if err != nil {
 		return nil, err
 	}
@@ -215,7 +215,7 @@ func checkTensor(ar *archive.Reader, base, ft *checkpoint.Checkpoint, rec *archi
 	}
 	ftData, err := ft.Data(rec.Name)
 	if err != nil {
-		return c, fmt.Errorf("%w: fine-tune: %w", ErrInput, err)
+		return c, errorf(ErrInput, "fine-tune: %w", err)
 	}
 	if sha256Hex(ftData) != rec.SHA256 {
 		c.Problem = "the fine-tune's bytes differ from those the archive was made from (SHA-256)"
@@ -236,7 +236,7 @@ func checkTensor(ar *archive.Reader, base, ft *checkpoint.Checkpoint, rec *archi
 	var bdt safetensors.DType
 	if bt, ok := base.Tensor(rec.Name); ok && dtype.IsFloat(bt.DType) && slices.Equal(bt.Shape, rec.Shape) {
 		if bdata, err = base.Data(rec.Name); err != nil {
-			return c, fmt.Errorf("%w: base: %w", ErrInput, err)
+			return c, errorf(ErrInput, "base: %w", err)
 		}
 		bdt = bt.DType
 	}
@@ -250,11 +250,11 @@ func checkTensor(ar *archive.Reader, base, ft *checkpoint.Checkpoint, rec *archi
 		hi := min(lo+verifyChunk, n)
 		h, w, b := hat[:hi-lo], want[:hi-lo], baseVals[:hi-lo]
 		if err := errors.Join(dtype.Decode(h, out[lo*size:hi*size], dt), dtype.Decode(w, ftData[lo*size:hi*size], dt)); err != nil {
-			return c, fmt.Errorf("%w: tensor %q: %w", ErrInput, rec.Name, err)
+			return c, errorf(ErrInput, "tensor %q: %w", rec.Name, err)
 		}
 		if bdata != nil {
 			if err := dtype.Decode(b, bdata[lo*bsize:hi*bsize], bdt); err != nil {
-				return c, fmt.Errorf("%w: base tensor %q: %w", ErrInput, rec.Name, err)
+				return c, errorf(ErrInput, "base tensor %q: %w", rec.Name, err)
 			}
 		}
 		for i, x := range w {
@@ -284,7 +284,7 @@ func checkTensor(ar *archive.Reader, base, ft *checkpoint.Checkpoint, rec *archi
 func verifySideFiles(ar *archive.Reader, ft *checkpoint.Checkpoint, m *archive.Manifest, rep *VerifyReport) error {
 	ftFiles, err := ft.SideFiles()
 	if err != nil {
-		return fmt.Errorf("%w: fine-tune: %w", ErrInput, err)
+		return errorf(ErrInput, "fine-tune: %w", err)
 	}
 	for _, f := range m.SideFiles {
 		data, err := ar.Blob(f.Blob)
@@ -301,7 +301,7 @@ func verifySideFiles(ar *archive.Reader, ft *checkpoint.Checkpoint, m *archive.M
 		}
 		mine, err := readSmallFile(ftFiles[i].Path, ftFiles[i].Size)
 		if err != nil {
-			return fmt.Errorf("%w: fine-tune side file: %w", ErrInput, err)
+			return errorf(ErrInput, "fine-tune side file: %w", err)
 		}
 		if !bytes.Equal(mine, data) {
 			rep.Problems = append(rep.Problems, fmt.Sprintf("side file %q differs from the fine-tune's %s", f.Name, ftFiles[i].Path))

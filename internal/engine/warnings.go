@@ -24,6 +24,9 @@ const (
 	// WarnRankZero: a projection's budget holds no singular pair; it is
 	// reconstructed as its base.
 	WarnRankZero = "rank-zero"
+	// WarnSameInput: BASE and FT are one checkpoint; the archive holds no
+	// delta.
+	WarnSameInput = "same-input"
 	// WarnLowRatio: the ratio is so low that the lossy archive is likely
 	// larger than a lossless one.
 	WarnLowRatio = "low-ratio"
@@ -72,6 +75,10 @@ const lowRatioLimit = 2
 // matches nothing, a ratio too low to pay.
 func pairWarnings(base, ft *checkpoint.Checkpoint, opt *CompressOptions) []Warning {
 	var ws []Warning
+	if samePath(base.Path(), ft.Path()) {
+		ws = append(ws, Warning{Code: WarnSameInput, Message: fmt.Sprintf(
+			"BASE and FT are both %s: the archive will hold no delta; give the fine-tune as FT", ft.Path())})
+	}
 	var ftOnly, baseOnly, zero []string
 	selected, ftOnlySelected := 0, 0
 	for _, name := range ft.Names() {
