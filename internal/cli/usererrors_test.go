@@ -30,6 +30,33 @@ func digestTree(t *testing.T, dir string) map[string][32]byte {
 	return out
 }
 
+// refusal is a command line that must fail with exit code want and an
+// error that mentions a text.
+type refusal struct {
+	name    string
+	args    []string
+	want    int
+	mention string
+}
+
+// refused runs each command line and checks its exit code and message, that
+// the message names no temporary file, and that nothing under dir changed.
+func refused(t *testing.T, dir string, cases []refusal) {
+	t.Helper()
+	before := digestTree(t, dir)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err, code := executeErr(t, tc.args...)
+			require.Error(t, err)
+			assert.Equal(t, tc.want, code, err)
+			assert.Contains(t, err.Error(), tc.mention)
+			assert.NotContains(t, err.Error(), ".spool-", "no temporary names")
+			assert.NotContains(t, err.Error(), ".tmp-", "no temporary names")
+			assert.Equal(t, before, digestTree(t, dir), "inputs untouched, nothing written")
+		})
+	}
+}
+
 // TestInputsAreSacred: an output that is, links to, or lies inside an input
 // is refused (exit 2) before any work, whatever --force says, and every
 // input stays byte-identical; an existing OUT needs --force.
@@ -48,14 +75,8 @@ func TestInputsAreSacred(t *testing.T) {
 	require.Equal(t, ExitOK, code, stderr)
 	file := filepath.Join(dir, "file")
 	require.NoError(t, os.WriteFile(file, []byte("x"), 0o644))
-	before := digestTree(t, dir)
 
-	for _, tc := range []struct {
-		name    string
-		args    []string
-		want    int
-		mention string
-	}{
+	refused(t, dir, []refusal{
 		{"compress over the base file", []string{"compress", single, ft, single}, ExitUsage, "is the input"},
 		{"compress over the base file, forced", []string{"compress", "--force", single, ft, single}, ExitUsage, "is the input"},
 		{"compress over a link to the base", []string{"compress", "--force", single, ft, link}, ExitUsage, "is the input"},
@@ -70,17 +91,7 @@ func TestInputsAreSacred(t *testing.T) {
 		{"reconstruct onto the archive", []string{"reconstruct", base, arch, arch}, ExitUsage, "is the input"},
 		{"reconstruct onto a file", []string{"reconstruct", base, arch, file}, ExitUsage, "is a file"},
 		{"reconstruct into a missing folder", []string{"reconstruct", base, arch, filepath.Join(dir, "nope", "out")}, ExitUsage, "does not exist"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			err, code := executeErr(t, tc.args...)
-			require.Error(t, err)
-			assert.Equal(t, tc.want, code, err)
-			assert.Contains(t, err.Error(), tc.mention)
-			assert.NotContains(t, err.Error(), ".spool-", "no temporary names")
-			assert.NotContains(t, err.Error(), ".tmp-", "no temporary names")
-			assert.Equal(t, before, digestTree(t, dir), "inputs and outputs untouched, nothing left")
-		})
-	}
+	})
 
 	_, stderr, code = execute(t, "compress", "-q", "--force", base, ft, arch)
 	assert.Equal(t, ExitOK, code, stderr)
@@ -236,14 +247,8 @@ func TestUserMistakes(t *testing.T) {
 	text := filepath.Join(dir, "notes.safetensors")
 	require.NoError(t, os.WriteFile(text, []byte("these are not the weights you are looking for"), 0o644))
 	out := filepath.Join(dir, "out")
-	before := digestTree(t, dir)
 
-	for _, tc := range []struct {
-		name    string
-		args    []string
-		want    int
-		mention string
-	}{
+	refused(t, dir, []refusal{
 		{"reconstruct with archive and base swapped", []string{"reconstruct", arch, base, out}, ExitBadInput, "is a folder, not an archive file: are the arguments in the right order?"},
 		{"verify with archive and fine-tune swapped", []string{"verify", base, arch, ft}, ExitBadInput, "is a folder, not an archive file"},
 		{"inspect a folder", []string{"inspect", base}, ExitBadInput, "is a folder, not an archive file"},
@@ -254,13 +259,5 @@ func TestUserMistakes(t *testing.T) {
 		{"a Hugging Face cache entry", []string{"compress", base, cache, out + ".dcm"}, ExitBadInput, "give its snapshots/<revision> folder"},
 		{"a text file as checkpoint", []string{"compress", base, text, out + ".dcm"}, ExitBadInput, `not a safetensors file: its first 8 bytes`},
 		{"a bad pattern", []string{"compress", "--include", "(", base, ft, out + ".dcm"}, ExitUsage, `--include "(": not a valid regular expression`},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			err, code := executeErr(t, tc.args...)
-			require.Error(t, err)
-			assert.Equal(t, tc.want, code, err)
-			assert.Contains(t, err.Error(), tc.mention)
-			assert.Equal(t, before, digestTree(t, dir), "nothing written")
-		})
-	}
+	})
 }
