@@ -256,12 +256,12 @@ func TestShapeMismatchRefused(t *testing.T) {
 
 func TestNonFiniteDeltaRefused(t *testing.T) {
 	nan := float32(math.NaN())
-	base := writeCheckpoint(t, map[string]tensorSpec{"l.q_proj.weight": {safetensors.F32, []uint64{2, 2}, []float32{1, 2, 3, 4}}})
-	ft := writeCheckpoint(t, map[string]tensorSpec{"l.q_proj.weight": {safetensors.F32, []uint64{2, 2}, []float32{1, nan, 3, 4}}})
+	base := writeCheckpoint(t, map[string]tensorSpec{"layers.0.q_proj.weight": {safetensors.F32, []uint64{2, 2}, []float32{1, 2, 3, 4}}})
+	ft := writeCheckpoint(t, map[string]tensorSpec{"layers.0.q_proj.weight": {safetensors.F32, []uint64{2, 2}, []float32{1, nan, 3, 4}}})
 	arch := filepath.Join(t.TempDir(), "a.dcm")
 	_, err := Compress(context.Background(), base, ft, arch, deltaOpts(t, 2, "auto"))
 	require.ErrorIs(t, err, ErrInput)
-	assert.Contains(t, err.Error(), "l.q_proj.weight")
+	assert.Contains(t, err.Error(), "layers.0.q_proj.weight")
 	assert.NoFileExists(t, arch)
 }
 

@@ -260,7 +260,7 @@ func TestReconstructFutureVersion(t *testing.T) {
 // naming the tensor; tensors stored bit-exact keep their bits, NaN or not.
 func TestNonFiniteInputs(t *testing.T) {
 	nan, inf := float32(math.NaN()), float32(math.Inf(1))
-	proj := "l.q_proj.weight"
+	proj := "layers.0.q_proj.weight"
 	good := []float32{1, 2, 3, 4}
 	cases := []struct {
 		name      string

@@ -1,0 +1,137 @@
+package cli
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/nlpodyssey/safetensors"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/deltacome/deltacome/internal/engine"
+	"github.com/deltacome/deltacome/pkg/archive"
+	"github.com/deltacome/deltacome/pkg/stfile"
+)
+
+// rawTensor is a tensor as its bytes, for rewriting checkpoints.
+type rawTensor struct {
+	name  string
+	dt    safetensors.DType
+	shape []uint64
+	data  []byte
+}
+
+// readRaw returns the tensors of the safetensors file at path, in file
+// order.
+func readRaw(t *testing.T, path string) []rawTensor {
+	t.Helper()
+	f, err := stfile.Open(path)
+	require.NoError(t, err)
+	defer f.Close()
+	var out []rawTensor
+	for _, name := range f.Names() {
+		info, _ := f.Info(name)
+		data, err := f.Data(name)
+		require.NoError(t, err)
+		out = append(out, rawTensor{name: name, dt: info.DType, shape: info.Shape, data: bytes.Clone(data)})
+	}
+	return out
+}
+
+// writeRaw writes ts, in order, as the safetensors file path.
+func writeRaw(t *testing.T, path string, ts []rawTensor) {
+	t.Helper()
+	var infos []stfile.Info
+	var data []byte
+	for _, r := range ts {
+		infos = append(infos, stfile.Info{Name: r.name, DType: r.dt, Shape: r.shape})
+		data = append(data, r.data...)
+	}
+	h, err := stfile.EncodeHeader(infos, nil)
+	require.NoError(t, err)
+	var buf bytes.Buffer
+	require.NoError(t, stfile.WriteHeader(&buf, h))
+	buf.Write(data)
+	require.NoError(t, os.MkdirAll(filepath.Dir(path), 0o755))
+	require.NoError(t, os.WriteFile(path, buf.Bytes(), 0o644))
+}
+
+// rewriteTiny writes the bundled pair, each tensor passed through edit, as
+// the folders base and ft under dir (ft with the pair's config.json).
+func rewriteTiny(t *testing.T, dir string, edit func(ft bool, r rawTensor) []rawTensor) (base, ft string) {
+	t.Helper()
+	base, ft = filepath.Join(dir, "base"), filepath.Join(dir, "ft")
+	for _, side := range []struct {
+		src, dst string
+		ft       bool
+	}{{tinyBase, base, false}, {tinyFT, ft, true}} {
+		var out []rawTensor
+		for _, r := range readRaw(t, filepath.Join(side.src, "model.safetensors")) {
+			out = append(out, edit(side.ft, r)...)
+		}
+		writeRaw(t, filepath.Join(side.dst, "model.safetensors"), out)
+	}
+	cfg, err := os.ReadFile(filepath.Join(tinyFT, "config.json"))
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(ft, "config.json"), cfg, 0o644))
+	return base, ft
+}
+
+// mixtralNames maps the tiny pair's MLP projections to the names of
+// Mixtral's experts.
+var mixtralNames = map[string]string{"mlp.gate_proj": "w1", "mlp.up_proj": "w3", "mlp.down_proj": "w2"}
+
+// TestMoEPairCompresses renames the tiny pair's MLP into two Mixtral-style
+// experts with a router: with no --include, every block matrix (attention
+// and experts) is stored lossily, and the embeddings, lm_head, norms and
+// the router bit-exact; each expert matrix reports its role.
+func TestMoEPairCompresses(t *testing.T) {
+	dir := t.TempDir()
+	base, ft := rewriteTiny(t, dir, func(isFT bool, r rawTensor) []rawTensor {
+		for from, to := range mixtralNames {
+			if !strings.Contains(r.name, from) {
+				continue
+			}
+			var out []rawTensor
+			for _, e := range []string{"0", "1"} {
+				c := r
+				c.name = strings.Replace(r.name, from, "block_sparse_moe.experts."+e+"."+to, 1)
+				out = append(out, c)
+			}
+			if from == "mlp.gate_proj" { // one router per layer: 2 experts x hidden
+				g := rawTensor{name: strings.Replace(r.name, from, "block_sparse_moe.gate", 1), dt: r.dt,
+					shape: []uint64{2, r.shape[1]}, data: bytes.Clone(r.data[:2*r.shape[1]*2])}
+				if isFT {
+					g.data[1] ^= 1 // a changed router must stay exact
+				}
+				out = append(out, g)
+			}
+			return out
+		}
+		return []rawTensor{r}
+	})
+	arch := filepath.Join(dir, "moe.dcm")
+	_, stderr, code := execute(t, "compress", "-q", "--workers", "2", base, ft, arch)
+	require.Equal(t, ExitOK, code, stderr)
+
+	ar, err := archive.Open(arch)
+	require.NoError(t, err)
+	defer ar.Close()
+	lossy, roles := 0, map[string]int{}
+	for _, rec := range ar.Manifest.Tensors {
+		inBlock := engine.Layer(rec.Name) >= 0 && len(rec.Shape) == 2
+		isRouter := strings.HasSuffix(rec.Name, "block_sparse_moe.gate.weight")
+		if inBlock && !isRouter {
+			assert.Equal(t, archive.KindLowRank, rec.Kind, rec.Name)
+			lossy++
+			roles[engine.Role(rec.Name)]++
+		} else {
+			assert.Contains(t, []string{archive.KindSame, archive.KindXOR}, rec.Kind, rec.Name)
+		}
+	}
+	assert.Equal(t, 4*(4+2*3), lossy, "4 layers of q, k, v, o and 2 experts of 3 matrices")
+	assert.Equal(t, map[string]int{"q": 4, "k": 4, "v": 4, "o": 4, "gate": 8, "up": 8, "down": 8}, roles)
+}
