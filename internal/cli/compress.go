@@ -85,7 +85,8 @@ shared experts; embeddings, position tables, norms, output heads and MoE
 routers inside a block are not projections. --include replaces this rule
 with your patterns; --exclude removes names from either. Every other tensor is stored
 bit-exact: nothing for tensors equal to the base, XOR with the base then
-zstd for changed ones. Side files of an FT folder (config.json, tokenizer
+zstd for changed ones, whole for those the base lacks or has in another
+shape (an embedding grown by added tokens; a warning names them). Side files of an FT folder (config.json, tokenizer
 files) are carried along.
 
 Trade-offs:

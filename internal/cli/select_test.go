@@ -2,8 +2,10 @@ package cli
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -134,4 +136,72 @@ func TestMoEPairCompresses(t *testing.T) {
 	}
 	assert.Equal(t, 4*(4+2*3), lossy, "4 layers of q, k, v, o and 2 experts of 3 matrices")
 	assert.Equal(t, map[string]int{"q": 4, "k": 4, "v": 4, "o": 4, "gate": 8, "up": 8, "down": 8}, roles)
+}
+
+// addedTokens is the number of vocabulary rows the resized fine-tune adds,
+// as a chat template's special tokens do.
+const addedTokens = 8
+
+// TestAddedTokensPair grows the tiny fine-tune's embed_tokens and lm_head
+// by addedTokens rows: compress warns and stores both whole, --dry-run says
+// the same, and reconstruct gives them back bit-exact.
+func TestAddedTokensPair(t *testing.T) {
+	dir := t.TempDir()
+	resized := []string{"model.embed_tokens.weight", "lm_head.weight"}
+	base, ft := rewriteTiny(t, dir, func(isFT bool, r rawTensor) []rawTensor {
+		if isFT && slices.Contains(resized, r.name) {
+			rowBytes := len(r.data) / int(r.shape[0])
+			extra := bytes.Clone(r.data[:addedTokens*rowBytes]) // new rows: the first ones, perturbed
+			for i := 0; i < len(extra); i += 2 {
+				extra[i] ^= 0x5a // the low mantissa byte of each bf16 value
+			}
+			r.shape = []uint64{r.shape[0] + addedTokens, r.shape[1]}
+			r.data = append(bytes.Clone(r.data), extra...)
+		}
+		return []rawTensor{r}
+	})
+	arch := filepath.Join(dir, "a.dcm")
+	stdout, stderr, code := execute(t, "compress", "--json", "--workers", "2", base, ft, arch)
+	require.Equal(t, ExitOK, code, stderr)
+	var sum compressJSON
+	require.NoError(t, json.Unmarshal([]byte(stdout), &sum))
+	assert.Equal(t, 28, sum.LowRank, "the projections are compressed as before")
+	var warned []string
+	for _, w := range sum.Warnings {
+		if w.Code == engine.WarnShapeChanged {
+			warned = append(warned, w.Subject)
+			assert.Contains(t, w.Message, "[272 384] in the fine-tune and [264 384] in the base")
+		}
+	}
+	assert.ElementsMatch(t, resized, warned)
+
+	stdout, stderr, code = execute(t, "compress", "--dry-run", "--json", base, ft)
+	require.Equal(t, ExitOK, code, stderr)
+	var plan planJSON
+	require.NoError(t, json.Unmarshal([]byte(stdout), &plan))
+	assert.Equal(t, sum.Warnings, plan.Warnings, "the plan warns as compress does")
+	for _, tn := range plan.Tensors {
+		if slices.Contains(resized, tn.Name) {
+			assert.Equal(t, archive.KindFull, tn.Kind, tn.Name)
+		}
+	}
+	stdout, _, code = execute(t, "compress", "-n", base, ft)
+	require.Equal(t, ExitOK, code)
+	assert.Contains(t, stdout, `warning: tensor "lm_head.weight" has shape [272 384]`)
+
+	out := filepath.Join(dir, "out")
+	_, stderr, code = execute(t, "reconstruct", "-q", base, arch, out)
+	require.Equal(t, ExitOK, code, stderr)
+	want := readRaw(t, filepath.Join(ft, "model.safetensors"))
+	got := readRaw(t, filepath.Join(out, "model.safetensors"))
+	require.Len(t, got, len(want))
+	for i, w := range want {
+		if slices.Contains(resized, w.name) {
+			assert.Equal(t, w, got[i], "bit-exact: %s", w.name)
+		}
+	}
+	_, stderr, code = execute(t, "verify", "-q", base, ft, arch)
+	assert.Equal(t, ExitOK, code, stderr)
+	_, stderr, code = execute(t, "inspect", arch)
+	assert.Equal(t, ExitOK, code, stderr)
 }

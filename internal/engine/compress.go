@@ -11,7 +11,6 @@ import (
 	"math"
 	"os"
 	"runtime"
-	"slices"
 
 	"github.com/nlpodyssey/safetensors"
 
@@ -91,6 +90,9 @@ func Compress(ctx context.Context, basePath, ftPath, outPath string, opt Compres
 	warn := func(w Warning) {
 		sum.Warnings = append(sum.Warnings, w)
 		opt.Progress.Warn(w)
+	}
+	if err := checkClasses(base, ft, &opt); err != nil {
+		return nil, err
 	}
 	for _, w := range pairWarnings(base, ft, &opt) {
 		warn(w)
@@ -274,13 +276,14 @@ func encodeTensor(base, ft *checkpoint.Checkpoint, name string, opt CompressOpti
 	e := &encoded{rec: archive.Tensor{Name: name, DType: t.DType.String(), Shape: t.Shape, Shard: t.Shard,
 		Bytes: int64(len(data))}}
 
+	class, err := classify(base, ft, name, &opt) // the rule Plan (plan.go) shares
+	if err != nil {
+		return nil, err
+	}
 	bt, inBase := base.Tensor(name)
 	if !inBase {
 		e.rec.SHA256 = sha256Hex(data)
 		return e, e.storeFull(data, t.DType)
-	}
-	if !slices.Equal(bt.Shape, t.Shape) {
-		return nil, fmt.Errorf("%w: tensor %q: shape %v in fine-tune %s, %v in base %s", ErrInput, name, t.Shape, ft.Path(), bt.Shape, base.Path())
 	}
 	bdata, err := base.Data(name)
 	if err != nil {
@@ -289,12 +292,12 @@ func encodeTensor(base, ft *checkpoint.Checkpoint, name string, opt CompressOpti
 	e.rec.SHA256, e.baseSHA = sha256Both(data, bdata)
 
 	switch {
-	case bt.DType == t.DType && e.baseSHA == e.rec.SHA256 && bytes.Equal(bdata, data):
+	case class != classFull && bt.DType == t.DType && e.baseSHA == e.rec.SHA256 && bytes.Equal(bdata, data):
 		e.rec.Kind = archive.KindSame
 		return e, nil
-	case lowRankCandidate(name, t, bt, &opt): // the rule Plan (plan.go) shares
+	case class == classLossy:
 		return e, e.storeLowRank(data, t.DType, bdata, bt.DType, opt)
-	case bt.DType != t.DType:
+	case class == classFull:
 		return e, e.storeFull(data, t.DType)
 	default:
 		x := make([]byte, len(data))

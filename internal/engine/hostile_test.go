@@ -314,14 +314,15 @@ func TestNonFiniteInputs(t *testing.T) {
 // TestCompressFailureKeepsOlderOut: a compress that fails on bad input
 // leaves an older archive at OUT untouched and no temporary files.
 func TestCompressFailureKeepsOlderOut(t *testing.T) {
+	const proj = "layers.0.q_proj.weight"
 	base := writeCheckpoint(t, map[string]tensorSpec{"a": {safetensors.F32, []uint64{2}, []float32{1, 2}},
-		"w": {safetensors.F32, []uint64{2}, []float32{1, 2}}})
+		proj: {safetensors.F32, []uint64{2, 2}, []float32{1, 2, 3, 4}}})
 	ft := writeCheckpoint(t, map[string]tensorSpec{"a": {safetensors.F32, []uint64{2}, []float32{1, 3}},
-		"w": {safetensors.F32, []uint64{1, 2}, []float32{1, 2}}})
+		proj: {safetensors.F32, []uint64{2, 2}, []float32{1, float32(math.NaN()), 3, 4}}})
 	dir := t.TempDir()
 	arch := filepath.Join(dir, "a.dcm")
 	require.NoError(t, os.WriteFile(arch, []byte("older archive"), 0o644))
-	_, err := Compress(context.Background(), base, ft, arch, losslessOpts())
+	_, err := Compress(context.Background(), base, ft, arch, deltaOpts(t, 16, "auto"))
 	require.ErrorIs(t, err, ErrInput)
 	assert.Equal(t, []string{"a.dcm"}, fileNames(t, dir))
 	got, err := os.ReadFile(arch)

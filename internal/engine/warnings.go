@@ -25,6 +25,10 @@ const (
 	// WarnLowRatio: the ratio is so low that the lossy archive is likely
 	// larger than a lossless one.
 	WarnLowRatio = "low-ratio"
+	// WarnShapeChanged: a tensor has another shape in the fine-tune than in
+	// the base (an embedding or output head grown by added tokens); it is
+	// stored whole, bit-exact. Subject names the tensor.
+	WarnShapeChanged = "shape-changed"
 )
 
 // Warning is something the user should know before trusting a result:
@@ -66,8 +70,8 @@ func listNames(names []string) string {
 const lowRatioLimit = 2
 
 // pairWarnings returns what the headers of BASE and FT already tell about
-// a compression with opt: names that do not pair up, a selection that
-// matches nothing, a ratio too low to pay.
+// a compression with opt: names that do not pair up, tensors whose shape
+// changed, a selection that matches nothing, a ratio too low to pay.
 func pairWarnings(base, ft *checkpoint.Checkpoint, opt *CompressOptions) []Warning {
 	var ws []Warning
 	var ftOnly, baseOnly []string
@@ -79,8 +83,15 @@ func pairWarnings(base, ft *checkpoint.Checkpoint, opt *CompressOptions) []Warni
 			ftOnly = append(ftOnly, name)
 			continue
 		}
-		if lowRankCandidate(name, t, bt, opt) {
+		class, err := classify(base, ft, name, opt)
+		switch {
+		case err != nil: // Compress and Plan fail on it first
+		case class == classLossy:
 			selected++
+		case !slices.Equal(bt.Shape, t.Shape):
+			ws = append(ws, Warning{Code: WarnShapeChanged, Subject: name, Message: fmt.Sprintf(
+				"tensor %q has shape %v in the fine-tune and %v in the base: it is stored whole, bit-exact, at its full size (an embedding or output head grows so when tokens are added)",
+				name, t.Shape, bt.Shape)})
 		}
 	}
 	for _, name := range base.Names() {
