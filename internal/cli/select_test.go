@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"encoding/json"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -203,5 +204,81 @@ func TestAddedTokensPair(t *testing.T) {
 	_, stderr, code = execute(t, "verify", "-q", base, ft, arch)
 	assert.Equal(t, ExitOK, code, stderr)
 	_, stderr, code = execute(t, "inspect", arch)
+	assert.Equal(t, ExitOK, code, stderr)
+}
+
+// TestFolderComesBackWhole gives the fine-tune folder a model card, a
+// licence, dotfiles, a tokenizer, a PyTorch copy of the weights and a
+// subfolder: the files come back byte-identical, the weights in another
+// format and the subfolder are listed as not carried, with the reason, by
+// compress and by --dry-run.
+func TestFolderComesBackWhole(t *testing.T) {
+	dir := t.TempDir()
+	base, ft := rewriteTiny(t, dir, func(_ bool, r rawTensor) []rawTensor { return []rawTensor{r} })
+	carried := map[string]string{
+		"README.md":             "---\nlicense: apache-2.0\n---\n# tiny math\n",
+		"LICENSE":               "Apache License\nVersion 2.0\n",
+		".gitattributes":        "*.safetensors filter=lfs diff=lfs merge=lfs -text\n",
+		".hidden":               "\x00\x01binary\xff",
+		"tokenizer_config.json": `{"chat_template": "{{ messages }}"}`,
+		"notes":                 "no extension at all",
+	}
+	for name, body := range carried {
+		require.NoError(t, os.WriteFile(filepath.Join(ft, name), []byte(body), 0o600))
+	}
+	require.NoError(t, os.WriteFile(filepath.Join(ft, "pytorch_model.bin"), []byte("pickled weights"), 0o644))
+	require.NoError(t, os.MkdirAll(filepath.Join(ft, "original"), 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(ft, "original", "params.json"), []byte("{}"), 0o644))
+	skipped := map[string]string{"original": "subfolders are not carried", "pytorch_model.bin": "another format (.bin)"}
+
+	arch := filepath.Join(dir, "a.dcm")
+	stdout, stderr, code := execute(t, "compress", "--json", "--lossless", base, ft, arch)
+	require.Equal(t, ExitOK, code, stderr)
+	var sum compressJSON
+	require.NoError(t, json.Unmarshal([]byte(stdout), &sum))
+	warned := map[string]string{}
+	for _, w := range sum.Warnings {
+		if w.Code == engine.WarnSkippedFile {
+			warned[w.Subject] = w.Message
+		}
+	}
+	require.Len(t, warned, len(skipped))
+	for name, reason := range skipped {
+		assert.Contains(t, warned[name], reason, name)
+	}
+	_, stderr, code = execute(t, "compress", "--lossless", base, ft, filepath.Join(dir, "b.dcm"))
+	require.Equal(t, ExitOK, code, stderr)
+	assert.Contains(t, stderr, `"pytorch_model.bin" of the fine-tune folder is not carried`, "warned on stderr")
+
+	stdout, stderr, code = execute(t, "compress", "--dry-run", "--json", base, ft)
+	require.Equal(t, ExitOK, code, stderr)
+	var plan planJSON
+	require.NoError(t, json.Unmarshal([]byte(stdout), &plan))
+	assert.Equal(t, len(carried)+1, plan.SideFiles, "and config.json")
+	require.Len(t, plan.SkippedFiles, len(skipped))
+	for _, f := range plan.SkippedFiles {
+		assert.Contains(t, f.Reason, skipped[f.Name], f.Name)
+	}
+	stdout, _, code = execute(t, "compress", "-n", base, ft)
+	require.Equal(t, ExitOK, code)
+	assert.Contains(t, stdout, "not carried: original (a folder: subfolders are not carried)")
+	assert.Contains(t, stdout, "not carried: pytorch_model.bin (weights in another format (.bin))")
+
+	out := filepath.Join(dir, "out")
+	_, stderr, code = execute(t, "reconstruct", "-q", base, arch, out)
+	require.Equal(t, ExitOK, code, stderr)
+	carried["config.json"] = ""
+	for name := range carried {
+		want, err := os.ReadFile(filepath.Join(ft, name))
+		require.NoError(t, err)
+		got, err := os.ReadFile(filepath.Join(out, name))
+		require.NoError(t, err, name)
+		assert.Equal(t, want, got, name)
+	}
+	for name := range skipped {
+		_, err := os.Lstat(filepath.Join(out, name))
+		assert.ErrorIs(t, err, fs.ErrNotExist, name)
+	}
+	_, stderr, code = execute(t, "verify", "-q", base, ft, arch)
 	assert.Equal(t, ExitOK, code, stderr)
 }

@@ -94,7 +94,11 @@ func Compress(ctx context.Context, basePath, ftPath, outPath string, opt Compres
 	if err := checkClasses(base, ft, &opt); err != nil {
 		return nil, err
 	}
-	for _, w := range pairWarnings(base, ft, &opt) {
+	side, skipped, err := ft.SideFiles()
+	if err != nil {
+		return nil, fmt.Errorf("%w: fine-tune: %w", ErrInput, err)
+	}
+	for _, w := range append(pairWarnings(base, ft, &opt), skippedWarnings(skipped)...) {
 		warn(w)
 	}
 	m, err := newManifest(ft, opt)
@@ -166,7 +170,7 @@ func Compress(ctx context.Context, basePath, ftPath, outPath string, opt Compres
 	if m.Base, err = fingerprintBase(ctx, base, baseHash); err != nil {
 		return nil, err
 	}
-	if err := addSideFiles(ft, w, m); err != nil {
+	if err := addSideFiles(side, w, m); err != nil {
 		return nil, err
 	}
 	if err := ctx.Err(); err != nil {
@@ -381,11 +385,9 @@ func fingerprintBase(ctx context.Context, base *checkpoint.Checkpoint, known map
 	return b, nil
 }
 
-func addSideFiles(ft *checkpoint.Checkpoint, w *archive.Writer, m *archive.Manifest) error {
-	files, err := ft.SideFiles()
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrInput, err)
-	}
+// addSideFiles stores the side files of the fine-tune folder, byte for
+// byte, and records them in m.
+func addSideFiles(files []checkpoint.SideFile, w *archive.Writer, m *archive.Manifest) error {
 	for _, f := range files {
 		data, err := readSmallFile(f.Path, f.Size)
 		if err != nil {

@@ -59,6 +59,9 @@ type CompressPlan struct {
 	SideFiles    int
 	SideBytes    int64
 	SideMaxBytes int64
+	// Skipped lists the entries of an FT folder that are not carried, with
+	// the reason; each is also a WarnSkippedFile warning.
+	Skipped []checkpoint.SkippedFile
 	// HeaderBytes estimates the archive's header: blob entries and the
 	// manifest, built from the plan with placeholder checksums and band
 	// lists (an estimate: the real band lists and blob sizes vary).
@@ -202,10 +205,12 @@ func Plan(basePath, ftPath string, opt CompressOptions) (*CompressPlan, error) {
 		k.MaxBytes += pt.MaxBytes
 		p.MaxArchiveBytes += pt.MaxBytes
 	}
-	side, err := ft.SideFiles()
+	side, skipped, err := ft.SideFiles()
 	if err != nil {
 		return nil, fmt.Errorf("%w: fine-tune: %w", ErrInput, err)
 	}
+	p.Skipped = skipped
+	p.Warnings = append(p.Warnings, skippedWarnings(skipped)...)
 	for _, f := range side {
 		p.SideFiles++
 		p.SideBytes += f.Size

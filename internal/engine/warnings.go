@@ -29,6 +29,10 @@ const (
 	// the base (an embedding or output head grown by added tokens); it is
 	// stored whole, bit-exact. Subject names the tensor.
 	WarnShapeChanged = "shape-changed"
+	// WarnSkippedFile: an entry of the fine-tune folder is not carried (a
+	// weight file in another format, a file over the size caps, a
+	// subfolder, a file that is not regular). Subject names it.
+	WarnSkippedFile = "skipped-file"
 )
 
 // Warning is something the user should know before trusting a result:
@@ -143,4 +147,15 @@ func rankZeroWarning(rec *archive.Tensor) (Warning, bool) {
 	return Warning{Code: WarnRankZero, Subject: rec.Name, Message: fmt.Sprintf(
 		"tensor %q: its budget at this ratio holds no singular pair, so it keeps rank 0 and is reconstructed as the base tensor; lower --ratio to keep part of its delta",
 		rec.Name)}, true
+}
+
+// skippedWarnings reports each entry of the fine-tune folder that the
+// archive will not carry, with the reason.
+func skippedWarnings(skipped []checkpoint.SkippedFile) []Warning {
+	ws := make([]Warning, 0, len(skipped))
+	for _, f := range skipped {
+		ws = append(ws, Warning{Code: WarnSkippedFile, Subject: f.Name, Message: fmt.Sprintf(
+			"%q of the fine-tune folder is not carried (%s): the reconstructed folder will not have it", f.Name, f.Reason)})
+	}
+	return ws
 }
