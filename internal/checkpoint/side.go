@@ -106,7 +106,7 @@ func skipReason(name string, st fs.FileInfo, total int64) string {
 	ext := strings.ToLower(filepath.Ext(name))
 	switch {
 	case st.IsDir():
-		return "a folder: subfolders are not carried"
+		return "a folder; subfolders are not carried"
 	case !st.Mode().IsRegular():
 		return "not a regular file (" + st.Mode().Type().String() + ")"
 	case strings.Contains(name, `\`):

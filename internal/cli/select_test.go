@@ -205,6 +205,13 @@ func TestAddedTokensPair(t *testing.T) {
 	assert.Equal(t, ExitOK, code, stderr)
 	_, stderr, code = execute(t, "inspect", arch)
 	assert.Equal(t, ExitOK, code, stderr)
+
+	// Selected on purpose, a resized tensor cannot be a delta: the error
+	// says how to store it whole.
+	err, code := executeErr(t, "compress", "--include", "embed_tokens", base, ft, filepath.Join(dir, "x.dcm"))
+	assert.Equal(t, ExitBadInput, code)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `--exclude '^model\.embed_tokens\.weight$'`)
 }
 
 // TestFolderComesBackWhole gives the fine-tune folder a model card, a
@@ -261,8 +268,8 @@ func TestFolderComesBackWhole(t *testing.T) {
 	}
 	stdout, _, code = execute(t, "compress", "-n", base, ft)
 	require.Equal(t, ExitOK, code)
-	assert.Contains(t, stdout, "not carried: original (a folder: subfolders are not carried)")
-	assert.Contains(t, stdout, "not carried: pytorch_model.bin (weights in another format (.bin))")
+	assert.Contains(t, stdout, "not carried: original: a folder; subfolders are not carried")
+	assert.Contains(t, stdout, "not carried: pytorch_model.bin: weights in another format (.bin)")
 
 	out := filepath.Join(dir, "out")
 	_, stderr, code = execute(t, "reconstruct", "-q", base, arch, out)
