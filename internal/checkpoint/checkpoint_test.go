@@ -341,16 +341,16 @@ func TestSideFiles(t *testing.T) {
 	}
 	for name, want := range map[string]string{
 		`back\slash.txt`:     "backslash",
-		"big.json":           "cap for a side file",
+		"big.json":           "cap for one side file",
 		"dangling.json":      "link to nothing",
-		"fill4.dat":          "cap for all side files",
-		"flax_model.msgpack": "another format (.msgpack)",
-		"model.Q4_K_M.gguf":  "another format (.gguf)",
-		"original":           "subfolders are not carried",
+		"fill4.dat":          "cap for all side files together",
+		"flax_model.msgpack": "another format: .msgpack",
+		"model.Q4_K_M.gguf":  "another format: .gguf",
+		"original":           "a subfolder",
 		"other.safetensors":  "not a shard",
-		"pytorch_model.bin":  "another format (.bin)",
-		"sub.json":           "subfolders are not carried",
-		"training_args.bin":  "another format (.bin)",
+		"pytorch_model.bin":  "another format: .bin",
+		"sub.json":           "a subfolder",
+		"training_args.bin":  "another format: .bin",
 	} {
 		assert.Contains(t, reasons[name], want, name)
 	}

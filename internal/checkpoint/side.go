@@ -104,21 +104,27 @@ func (c *Checkpoint) SideFiles() ([]SideFile, []SkippedFile, error) {
 // returns "" when it is carried.
 func skipReason(name string, st fs.FileInfo, total int64) string {
 	ext := strings.ToLower(filepath.Ext(name))
-	switch {
-	case st.IsDir():
-		return "a folder; subfolders are not carried"
-	case !st.Mode().IsRegular():
-		return "not a regular file (" + st.Mode().Type().String() + ")"
+	switch mode := st.Mode(); {
+	case mode.IsDir():
+		return "a subfolder: only the files directly in the folder are carried"
+	case mode&fs.ModeSocket != 0:
+		return "a socket"
+	case mode&fs.ModeNamedPipe != 0:
+		return "a named pipe"
+	case mode&fs.ModeDevice != 0:
+		return "a device"
+	case !mode.IsRegular():
+		return "not a regular file"
 	case strings.Contains(name, `\`):
-		return `its name holds a backslash, which archives refuse`
+		return "its name holds a backslash, which archives refuse"
 	case ext == ".safetensors":
 		return "a safetensors file that is not a shard of the checkpoint"
 	case slices.Contains(weightExts, ext):
-		return "weights in another format (" + ext + ")"
+		return "weights in another format: " + ext
 	case st.Size() >= MaxSideFileSize:
-		return fmt.Sprintf("%d bytes, at or above the %d MiB cap for a side file", st.Size(), MaxSideFileSize>>20)
+		return fmt.Sprintf("%d bytes, at or over the %d MiB cap for one side file", st.Size(), MaxSideFileSize>>20)
 	case total+st.Size() > MaxSideTotal:
-		return fmt.Sprintf("the side files before it (in name order) and it would pass the %d MiB cap for all side files", MaxSideTotal>>20)
+		return fmt.Sprintf("past the %d MiB cap for all side files together, taken in name order", MaxSideTotal>>20)
 	}
 	return ""
 }

@@ -134,7 +134,7 @@ func renderPlan(out io.Writer, p *engine.CompressPlan, eo *engine.CompressOption
 	}
 	fmt.Fprintf(out, "\nside files: %d, %d bytes (stored zstd-compressed: at most %d)\n", p.SideFiles, p.SideBytes, p.SideMaxBytes)
 	for _, f := range p.Skipped {
-		fmt.Fprintf(out, "not carried: %s: %s\n", f.Name, f.Reason)
+		fmt.Fprintf(out, "not carried: %s (%s)\n", f.Name, f.Reason)
 	}
 	fmt.Fprintf(out, "header and manifest: about %d bytes (estimated from the plan)\n", p.HeaderBytes)
 	if lossy.Tensors > 0 {

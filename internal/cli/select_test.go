@@ -236,7 +236,7 @@ func TestFolderComesBackWhole(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(ft, "pytorch_model.bin"), []byte("pickled weights"), 0o644))
 	require.NoError(t, os.MkdirAll(filepath.Join(ft, "original"), 0o755))
 	require.NoError(t, os.WriteFile(filepath.Join(ft, "original", "params.json"), []byte("{}"), 0o644))
-	skipped := map[string]string{"original": "subfolders are not carried", "pytorch_model.bin": "another format (.bin)"}
+	skipped := map[string]string{"original": "a subfolder", "pytorch_model.bin": "another format: .bin"}
 
 	arch := filepath.Join(dir, "a.dcm")
 	stdout, stderr, code := execute(t, "compress", "--json", "--lossless", base, ft, arch)
@@ -255,7 +255,7 @@ func TestFolderComesBackWhole(t *testing.T) {
 	}
 	_, stderr, code = execute(t, "compress", "--lossless", base, ft, filepath.Join(dir, "b.dcm"))
 	require.Equal(t, ExitOK, code, stderr)
-	assert.Contains(t, stderr, `"pytorch_model.bin" of the fine-tune folder is not carried`, "warned on stderr")
+	assert.Contains(t, stderr, `"pytorch_model.bin" in the fine-tune folder is not carried`, "warned on stderr")
 
 	stdout, stderr, code = execute(t, "compress", "--dry-run", "--json", base, ft)
 	require.Equal(t, ExitOK, code, stderr)
@@ -268,8 +268,8 @@ func TestFolderComesBackWhole(t *testing.T) {
 	}
 	stdout, _, code = execute(t, "compress", "-n", base, ft)
 	require.Equal(t, ExitOK, code)
-	assert.Contains(t, stdout, "not carried: original: a folder; subfolders are not carried")
-	assert.Contains(t, stdout, "not carried: pytorch_model.bin: weights in another format (.bin)")
+	assert.Contains(t, stdout, "not carried: original (a subfolder: only the files directly in the folder are carried)")
+	assert.Contains(t, stdout, "not carried: pytorch_model.bin (weights in another format: .bin)")
 
 	out := filepath.Join(dir, "out")
 	_, stderr, code = execute(t, "reconstruct", "-q", base, arch, out)

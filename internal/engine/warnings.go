@@ -155,7 +155,7 @@ func skippedWarnings(skipped []checkpoint.SkippedFile) []Warning {
 	ws := make([]Warning, 0, len(skipped))
 	for _, f := range skipped {
 		ws = append(ws, Warning{Code: WarnSkippedFile, Subject: f.Name, Message: fmt.Sprintf(
-			"%q of the fine-tune folder is not carried, %s: the reconstructed folder will not have it", f.Name, f.Reason)})
+			"%q in the fine-tune folder is not carried (%s); the reconstructed folder will not have it", f.Name, f.Reason)})
 	}
 	return ws
 }
