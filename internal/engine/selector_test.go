@@ -133,3 +133,31 @@ func TestSelectorOverrides(t *testing.T) {
 	_, err = NewSelector(nil, []string{`(`})
 	assert.ErrorIs(t, err, ErrUsage)
 }
+
+// TestEmptySelectionWarning: a pair whose matrices lie in no numbered block
+// selects nothing by default, and the warning says how to select them.
+func TestEmptySelectionWarning(t *testing.T) {
+	spec := tensorSpec{safetensors.BF16, []uint64{2, 2}, []float32{1, 2, 3, 4}}
+	base := writeCheckpoint(t, map[string]tensorSpec{"attn.q_proj.weight": spec})
+	ft := writeCheckpoint(t, map[string]tensorSpec{"attn.q_proj.weight": spec})
+	for _, tc := range []struct {
+		name    string
+		include []string
+		mention string
+	}{
+		{"default rule", nil, "name the projections with --include"},
+		{"include", []string{`nothing`}, `the --include patterns "nothing" match no 2-D`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			opt := deltaOpts(t, 16, "auto")
+			var err error
+			opt.Select, err = NewSelector(tc.include, nil)
+			require.NoError(t, err)
+			p, err := Plan(base, ft, opt)
+			require.NoError(t, err)
+			require.Len(t, p.Warnings, 1)
+			assert.Equal(t, WarnEmptySelection, p.Warnings[0].Code)
+			assert.Contains(t, p.Warnings[0].Message, tc.mention)
+		})
+	}
+}

@@ -118,7 +118,9 @@ func pairWarnings(base, ft *checkpoint.Checkpoint, opt *CompressOptions) []Warni
 	}
 	if selected == 0 {
 		msg := "no tensor is selected for lossy compression: every tensor is stored bit-exact, as --lossless would"
-		if len(opt.Select.Include) > 0 && !slices.Equal(opt.Select.Include, DefaultInclude) {
+		if slices.Equal(opt.Select.Include, DefaultInclude) {
+			msg += "; by default only the 2-D floating-point weights inside numbered blocks (layers.N., h.N., blocks.N., layer.N.) are, and none is present in both checkpoints: name the projections with --include"
+		} else if len(opt.Select.Include) > 0 {
 			msg += fmt.Sprintf("; the --include patterns %s match no 2-D floating-point tensor present in both checkpoints", listNames(opt.Select.Include))
 		}
 		ws = append(ws, Warning{Code: WarnEmptySelection, Message: msg})
