@@ -72,9 +72,10 @@ func TestOpenSingleFile(t *testing.T) {
 	require.Len(t, c.Shards(), 1)
 	assert.Equal(t, c.Shards()[0].Names(), c.Names())
 	assert.Equal(t, c.Len(), len(c.Names()))
-	side, err := c.SideFiles()
+	side, skipped, err := c.SideFiles()
 	require.NoError(t, err)
 	assert.Nil(t, side, "a lone file has no side files")
+	assert.Nil(t, skipped)
 
 	tensor, ok := c.Tensor("model.layers.0.mlp.down_proj.weight")
 	require.True(t, ok)
@@ -114,8 +115,9 @@ func TestShardedCopies(t *testing.T) {
 			require.NoError(t, json.Unmarshal(c.IndexMetadata()["total_size"], &size))
 			assert.Equal(t, total, size)
 
-			side, err := c.SideFiles()
+			side, skipped, err := c.SideFiles()
 			require.NoError(t, err)
+			assert.Empty(t, skipped)
 			require.Len(t, side, 2)
 			assert.Equal(t, "config.json", side[0].Name)
 			assert.Equal(t, IndexName, side[1].Name)
@@ -278,12 +280,20 @@ func TestTensorInTwoShards(t *testing.T) {
 	assert.Contains(t, err.Error(), extraShard)
 }
 
+// TestSideFiles: every regular file beside the shards is carried, whatever
+// its name; what is not is listed with a reason.
 func TestSideFiles(t *testing.T) {
 	openBase(t)
 	dir := t.TempDir()
 	require.NoError(t, os.Symlink(absPath(t, basePath), filepath.Join(dir, SingleName)))
 	write := func(name string, size int) {
 		require.NoError(t, os.WriteFile(filepath.Join(dir, name), make([]byte, size), 0o644))
+	}
+	sparse := func(name string, size int64) {
+		f, err := os.Create(filepath.Join(dir, name))
+		require.NoError(t, err)
+		require.NoError(t, f.Truncate(size)) // sparse: costs no disk
+		require.NoError(t, f.Close())
 	}
 	write("config.json", 10)
 	write("tokenizer.model", 20)
@@ -292,27 +302,60 @@ func TestSideFiles(t *testing.T) {
 	write("qwen.tiktoken", 50)
 	write("configuration_x.py", 60)
 	write("README.md", 5)
+	write("LICENSE", 7)
+	write(".gitattributes", 3)
 	write(".hidden.json", 5)
+	write(`back\slash.txt`, 1)
 	write("other.safetensors", 5)
+	write("pytorch_model.bin", 5)
+	write("training_args.bin", 5)
+	write("model.Q4_K_M.gguf", 5)
+	write("flax_model.msgpack", 5)
+	require.NoError(t, os.Mkdir(filepath.Join(dir, "original"), 0o755))
 	require.NoError(t, os.Mkdir(filepath.Join(dir, "sub.json"), 0o755))
 	require.NoError(t, os.Symlink(filepath.Join(dir, "config.json"), filepath.Join(dir, "linked.json")))
-	big, err := os.Create(filepath.Join(dir, "big.json"))
-	require.NoError(t, err)
-	require.NoError(t, big.Truncate(MaxSideFileSize)) // sparse: costs no disk
-	require.NoError(t, big.Close())
+	require.NoError(t, os.Symlink(filepath.Join(dir, "gone"), filepath.Join(dir, "dangling.json")))
+	sparse("big.json", MaxSideFileSize)
+	sparse("fill1.dat", MaxSideFileSize-1)
+	sparse("fill2.dat", MaxSideFileSize-1)
+	sparse("fill3.dat", MaxSideFileSize-1)
+	sparse("fill4.dat", MaxSideFileSize-1) // the total cap falls on this one
 
 	c := openDir(t, dir)
-	side, err := c.SideFiles()
+	side, skipped, err := c.SideFiles()
 	require.NoError(t, err)
 	var names []string
 	for _, s := range side {
 		names = append(names, s.Name)
 		assert.Equal(t, filepath.Join(dir, s.Name), s.Path)
 	}
-	assert.Equal(t, []string{"chat_template.jinja", "config.json", "configuration_x.py", "linked.json",
-		"merges.txt", "qwen.tiktoken", "tokenizer.model"}, names)
-	assert.EqualValues(t, 10, side[1].Size)
-	assert.EqualValues(t, 10, side[3].Size, "symbolic links are followed")
+	assert.Equal(t, []string{".gitattributes", ".hidden.json", "LICENSE", "README.md", "chat_template.jinja",
+		"config.json", "configuration_x.py", "fill1.dat", "fill2.dat", "fill3.dat", "linked.json", "merges.txt",
+		"qwen.tiktoken", "tokenizer.model"}, names)
+	assert.EqualValues(t, 10, side[5].Size)
+	assert.EqualValues(t, 10, side[10].Size, "symbolic links are followed")
+
+	reasons := map[string]string{}
+	for _, s := range skipped {
+		reasons[s.Name] = s.Reason
+	}
+	for name, want := range map[string]string{
+		`back\slash.txt`:     "backslash",
+		"big.json":           "cap for one side file",
+		"dangling.json":      "link to nothing",
+		"fill4.dat":          "cap for all side files together",
+		"flax_model.msgpack": "another format: .msgpack",
+		"model.Q4_K_M.gguf":  "another format: .gguf",
+		"original":           "a subfolder",
+		"other.safetensors":  "not a shard",
+		"pytorch_model.bin":  "another format: .bin",
+		"sub.json":           "a subfolder",
+		"training_args.bin":  "another format: .bin",
+	} {
+		assert.Contains(t, reasons[name], want, name)
+	}
+	assert.Len(t, skipped, 11)
+	assert.NotContains(t, reasons, SingleName, "the shard is neither carried nor skipped")
 }
 
 func TestCloseAndOddPaths(t *testing.T) {

@@ -2,7 +2,9 @@
 // .safetensors file, or a Hugging Face folder holding model.safetensors or
 // shards listed by model.safetensors.index.json. It owns shard discovery,
 // the index's consistency with the shards, tensor lookup across shards and
-// the listing of the small side files (config, tokenizer) a folder carries.
+// the listing of a folder's other files: the side files carried along
+// (config, tokenizer, model card, licence, ...) and those skipped, with the
+// reason.
 //
 // Every shard is opened with pkg/stfile, so tensor bytes are slices of
 // read-only memory maps, valid until Checkpoint.Close. Errors name the file

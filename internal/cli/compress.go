@@ -108,13 +108,24 @@ func newCompressCmd() *cobra.Command {
 BASE and FT are .safetensors files or Hugging Face model folders (sharded
 with model.safetensors.index.json or not), in bf16, f16 or f32.
 
-Each linear projection (names matching the --include patterns; by default the
-*_proj, c_attn/c_proj/c_fc, query_key_value/dense, fc1/fc2 weights) is stored
-as a truncated SVD of its delta, with the singular vectors quantized: more
-bits for larger singular values (Delta-CoMe). Every other tensor is stored
-bit-exact: nothing for tensors equal to the base, XOR with the base then
-zstd for changed ones. Side files of an FT folder (config.json, tokenizer
-files) are carried along.
+Each linear projection is stored as a truncated SVD of its delta, with the
+singular vectors quantized: more bits for larger singular values
+(Delta-CoMe). By default the projections are every 2-D floating-point
+*.weight inside a numbered transformer block (model.layers.N.,
+transformer.h.N., blocks.N., layer.N.), whatever the family calls it:
+q_proj ... down_proj, c_attn, query_key_value, fused qkv, MoE experts and
+shared experts; embeddings, position tables, norms, output heads and MoE
+routers inside a block are not projections. --include replaces this rule
+with your patterns; --exclude removes names from either.
+
+Every other tensor is stored bit-exact: nothing for tensors equal to the
+base, XOR with the base then zstd for changed ones, whole for those the
+base lacks or has in another shape (an embedding grown by added tokens; a
+warning names them). The other
+files of an FT folder (config.json, tokenizer files, README.md, LICENSE,
+dotfiles; up to 64 MiB each) are carried along, byte for byte; weights in
+other formats (.bin, .pt, .gguf, ...) and subfolders are not, and a warning
+names each.
 
 Trade-offs:
   --ratio     higher ratio: smaller archive, larger error. Each projection's

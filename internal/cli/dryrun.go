@@ -23,6 +23,7 @@ type planJSON struct {
 	OrigBytes       int64                    `json:"original_bytes"`
 	SideFiles       int                      `json:"side_files"`
 	SideBytes       int64                    `json:"side_bytes"`
+	SkippedFiles    []skippedFileJSON        `json:"skipped_files"`
 	HeaderBytes     int64                    `json:"header_bytes_estimate"`
 	MaxArchiveBytes int64                    `json:"max_archive_bytes"`
 	MinRatio        float64                  `json:"min_ratio"`
@@ -47,6 +48,12 @@ type planTensorJSON struct {
 	MaxBytes  int64    `json:"max_bytes"`
 }
 
+// skippedFileJSON is an entry of the FT folder that is not carried.
+type skippedFileJSON struct {
+	Name   string `json:"name"`
+	Reason string `json:"reason"`
+}
+
 type planTotalJSON struct {
 	Tensors   int   `json:"tensors"`
 	OrigBytes int64 `json:"original_bytes"`
@@ -68,7 +75,10 @@ func runDryRun(o *compressOptions, base, ft string, out io.Writer) error {
 			Settings: planSettingsJSON{Mode: eo.Mode}, ByKind: map[string]planTotalJSON{},
 			OrigBytes: p.OrigBytes, SideFiles: p.SideFiles, SideBytes: p.SideBytes, HeaderBytes: p.HeaderBytes,
 			MaxArchiveBytes: p.MaxArchiveBytes, MinRatio: float64(p.OrigBytes) / float64(max(p.MaxArchiveBytes, 1)),
-			Warnings: append([]engine.Warning{}, p.Warnings...)}
+			SkippedFiles: []skippedFileJSON{}, Warnings: append([]engine.Warning{}, p.Warnings...)}
+		for _, f := range p.Skipped {
+			res.SkippedFiles = append(res.SkippedFiles, skippedFileJSON{Name: f.Name, Reason: f.Reason})
+		}
 		if eo.Mode == engine.ModeDeltaCoMe {
 			res.Settings.Method, res.Settings.Ratio, res.Settings.Schedule, res.Settings.GroupSize = eo.Method, eo.Ratio, eo.Schedule.String(), eo.GroupSize
 		}
@@ -123,6 +133,9 @@ func renderPlan(out io.Writer, p *engine.CompressPlan, eo *engine.CompressOption
 		return err
 	}
 	fmt.Fprintf(out, "\nside files: %d, %d bytes (stored zstd-compressed: at most %d)\n", p.SideFiles, p.SideBytes, p.SideMaxBytes)
+	for _, f := range p.Skipped {
+		fmt.Fprintf(out, "not carried: %s (%s)\n", f.Name, f.Reason)
+	}
 	fmt.Fprintf(out, "header and manifest: about %d bytes (estimated from the plan)\n", p.HeaderBytes)
 	if lossy.Tensors > 0 {
 		fmt.Fprintf(out, "lossy tensors: %d, %s -> at most %s: each within its exact budget, which the allocation fills nearly to the byte\n",
@@ -133,6 +146,9 @@ func renderPlan(out io.Writer, p *engine.CompressPlan, eo *engine.CompressOption
 	_, err := fmt.Fprintf(out, "predicted archive size: at most %s (%d bytes) for %s of tensors: ratio at least %s\n",
 		size(p.MaxArchiveBytes), p.MaxArchiveBytes, size(p.OrigBytes), ratioString(p.OrigBytes, p.MaxArchiveBytes))
 	for _, w := range p.Warnings {
+		if w.Code == engine.WarnSkippedFile {
+			continue // listed with the side files
+		}
 		if err == nil {
 			_, err = fmt.Fprintln(out, "warning:", w.Message)
 		}

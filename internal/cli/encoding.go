@@ -22,7 +22,7 @@ type encodingFlags struct {
 func (o *encodingFlags) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.schedule, "schedule", "auto", `bit widths of singular vectors: "auto", "paper", or a list such as "8:2,3:32,2:rest"`)
 	f.IntVar(&o.groupSize, "group-size", 128, "quantization group length along each singular vector")
-	f.StringArrayVar(&o.include, "include", nil, "regexp of tensor names to compress lossily (repeatable; replaces the default list)")
+	f.StringArrayVar(&o.include, "include", nil, "regexp of tensor names to compress lossily (repeatable; replaces the default rule: every weight matrix of the transformer blocks)")
 	f.StringArrayVar(&o.exclude, "exclude", nil, "regexp of tensor names to store losslessly instead (repeatable)")
 	f.IntVar(&o.workers, "workers", 0, "tensors processed at once (0: one per CPU, fewer when the largest projection would not fit ~768 MiB per worker); the archive is identical whatever the value")
 }

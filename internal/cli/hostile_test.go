@@ -42,21 +42,12 @@ type stTensor struct {
 // writeST writes a safetensors file of ts, in order, at path.
 func writeST(t *testing.T, path string, ts ...stTensor) {
 	t.Helper()
-	var infos []stfile.Info
-	var data []byte
-	for _, s := range ts {
-		b := make([]byte, len(s.vals)*int(s.dt.Size()))
-		require.NoError(t, dtype.Encode(b, s.vals, s.dt))
-		infos = append(infos, stfile.Info{Name: s.name, DType: s.dt, Shape: s.shape})
-		data = append(data, b...)
+	raw := make([]rawTensor, len(ts))
+	for i, s := range ts {
+		raw[i] = rawTensor{name: s.name, dt: s.dt, shape: s.shape, data: make([]byte, len(s.vals)*int(s.dt.Size()))}
+		require.NoError(t, dtype.Encode(raw[i].data, s.vals, s.dt))
 	}
-	h, err := stfile.EncodeHeader(infos, nil)
-	require.NoError(t, err)
-	var buf bytes.Buffer
-	require.NoError(t, stfile.WriteHeader(&buf, h))
-	buf.Write(data)
-	require.NoError(t, os.MkdirAll(filepath.Dir(path), 0o755))
-	require.NoError(t, os.WriteFile(path, buf.Bytes(), 0o644))
+	writeRaw(t, path, raw)
 }
 
 // pairTensors returns the tensors of a small base and fine-tune: a
@@ -252,9 +243,7 @@ func TestHostileInputs(t *testing.T) {
 	add("FT is a JSON file", ExitBadInput, "config.json", "compress", base, filepath.Join(ft, "config.json"), out("x.dcm"))
 
 	// BASE and FT that do not pair.
-	b, f2 := pair("shape", func(_, ft []stTensor) { ft[1].shape = []uint64{2, 32} })
-	add("shape differs (norm)", ExitBadInput, "model.layers.0.norm.weight", "compress", b, f2, out("x.dcm"))
-	b, f2 = pair("shape-proj", func(_, ft []stTensor) { ft[2].shape = []uint64{64, 48} })
+	b, f2 := pair("shape-proj", func(_, ft []stTensor) { ft[2].shape = []uint64{64, 48} })
 	add("shape differs (projection)", ExitBadInput, "q_proj", "compress", b, f2, out("x.dcm"))
 	b, f2 = pair("nan-ft", func(_, ft []stTensor) { ft[2].vals[7] = nan })
 	add("NaN in FT projection", ExitBadInput, "q_proj", "compress", b, f2, out("x.dcm"))

@@ -12,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"slices"
 
 	"github.com/nlpodyssey/safetensors"
 
@@ -99,7 +98,14 @@ func Compress(ctx context.Context, basePath, ftPath, outPath string, opt Compres
 		sum.Warnings = append(sum.Warnings, w)
 		opt.Progress.Warn(w)
 	}
-	for _, w := range pairWarnings(base, ft, &opt) {
+	if err := checkClasses(base, ft, &opt); err != nil {
+		return nil, err
+	}
+	side, skipped, err := ft.SideFiles()
+	if err != nil {
+		return nil, errorf(ErrInput, "fine-tune: %w", err)
+	}
+	for _, w := range append(pairWarnings(base, ft, &opt), skippedWarnings(skipped)...) {
 		warn(w)
 	}
 	m, err := newManifest(ft, opt)
@@ -176,7 +182,7 @@ func Compress(ctx context.Context, basePath, ftPath, outPath string, opt Compres
 		return nil, err
 	}
 	m.Base.Source = sourceName(basePath)
-	if err := addSideFiles(ft, w, m); err != nil {
+	if err := addSideFiles(side, w, m); err != nil {
 		return nil, err
 	}
 	if err := ctx.Err(); err != nil {
@@ -285,13 +291,14 @@ func encodeTensor(base, ft *checkpoint.Checkpoint, name string, opt CompressOpti
 	e := &encoded{rec: archive.Tensor{Name: name, DType: t.DType.String(), Shape: t.Shape, Shard: t.Shard,
 		Bytes: int64(len(data))}}
 
+	class, err := classify(base, ft, name, &opt) // the rule Plan (plan.go) shares
+	if err != nil {
+		return nil, err
+	}
 	bt, inBase := base.Tensor(name)
 	if !inBase {
 		e.rec.SHA256 = sha256Hex(data)
 		return e, e.storeFull(data, t.DType)
-	}
-	if !slices.Equal(bt.Shape, t.Shape) {
-		return nil, errorf(ErrInput, "tensor %q: shape %v in fine-tune %s, %v in base %s", name, t.Shape, ft.Path(), bt.Shape, base.Path())
 	}
 	bdata, err := base.Data(name)
 	if err != nil {
@@ -300,12 +307,12 @@ func encodeTensor(base, ft *checkpoint.Checkpoint, name string, opt CompressOpti
 	e.rec.SHA256, e.baseSHA = sha256Both(data, bdata)
 
 	switch {
-	case bt.DType == t.DType && e.baseSHA == e.rec.SHA256 && bytes.Equal(bdata, data):
+	case class != classFull && bt.DType == t.DType && e.baseSHA == e.rec.SHA256 && bytes.Equal(bdata, data):
 		e.rec.Kind = archive.KindSame
 		return e, nil
-	case lowRankCandidate(name, t, bt, &opt): // the rule Plan (plan.go) shares
+	case class == classLossy:
 		return e, e.storeLowRank(data, t.DType, bdata, bt.DType, opt)
-	case bt.DType != t.DType:
+	case class == classFull:
 		return e, e.storeFull(data, t.DType)
 	default:
 		x := make([]byte, len(data))
@@ -389,11 +396,9 @@ func fingerprintBase(ctx context.Context, base *checkpoint.Checkpoint, known map
 	return b, nil
 }
 
-func addSideFiles(ft *checkpoint.Checkpoint, w *archive.Writer, m *archive.Manifest) error {
-	files, err := ft.SideFiles()
-	if err != nil {
-		return errorf(ErrInput, "%w", err)
-	}
+// addSideFiles stores the side files of the fine-tune folder, byte for
+// byte, and records them in m.
+func addSideFiles(files []checkpoint.SideFile, w *archive.Writer, m *archive.Manifest) error {
 	for _, f := range files {
 		data, err := readSmallFile(f.Path, f.Size)
 		if err != nil {

@@ -243,25 +243,85 @@ func TestTensorsOnlyInOneSide(t *testing.T) {
 	assert.Equal(t, want, got)
 }
 
-func TestShapeMismatchRefused(t *testing.T) {
-	base := writeCheckpoint(t, map[string]tensorSpec{"w": {safetensors.F32, []uint64{2}, []float32{1, 2}}})
-	ft := writeCheckpoint(t, map[string]tensorSpec{"w": {safetensors.F32, []uint64{1, 2}, []float32{1, 2}}})
+// TestShapeChangeStoredWhole: a tensor whose shape changed is stored whole
+// with a warning, even one of the same byte length (which must not be taken
+// for the base's bytes); a selected projection whose shape changed is
+// refused with a way out.
+func TestShapeChangeStoredWhole(t *testing.T) {
+	ctx := context.Background()
+	const proj = "layers.0.q_proj.weight"
+	base := writeCheckpoint(t, map[string]tensorSpec{
+		"w":                    {safetensors.F32, []uint64{2}, []float32{1, 2}},
+		"model.embed.weight":   {safetensors.BF16, []uint64{2, 2}, []float32{1, 2, 3, 4}},
+		"layers.0.norm.weight": {safetensors.BF16, []uint64{2}, []float32{1, 1}},
+	})
+	ft := writeCheckpoint(t, map[string]tensorSpec{
+		"w":                    {safetensors.F32, []uint64{1, 2}, []float32{1, 2}},
+		"model.embed.weight":   {safetensors.BF16, []uint64{3, 2}, []float32{1, 2, 3, 4, 5, 6}},
+		"layers.0.norm.weight": {safetensors.BF16, []uint64{2}, []float32{1, 1}},
+	})
+	for _, opt := range []CompressOptions{losslessOpts(), deltaOpts(t, 16, "auto")} {
+		t.Run(opt.Mode, func(t *testing.T) {
+			arch := filepath.Join(t.TempDir(), "a.dcm")
+			sum, err := Compress(ctx, base, ft, arch, opt)
+			require.NoError(t, err)
+			var changed []string
+			for _, w := range sum.Warnings {
+				if w.Code == WarnShapeChanged {
+					changed = append(changed, w.Subject)
+				}
+				if w.Subject == "model.embed.weight" {
+					assert.Contains(t, w.Message, "[3 2] in the fine-tune and [2 2] in the base")
+				}
+			}
+			assert.ElementsMatch(t, []string{"w", "model.embed.weight"}, changed)
+			p, err := Plan(base, ft, opt)
+			require.NoError(t, err)
+			assert.Equal(t, sum.Warnings, p.Warnings, "the plan warns alike")
+
+			r, err := Inspect(arch)
+			require.NoError(t, err)
+			for _, rec := range r.Manifest.Tensors {
+				if rec.Name != "layers.0.norm.weight" {
+					assert.Equal(t, archive.KindFull, rec.Kind, rec.Name)
+				}
+			}
+			out := filepath.Join(t.TempDir(), "out")
+			_, err = Reconstruct(ctx, base, arch, out, ReconstructOptions{})
+			require.NoError(t, err)
+			assert.Equal(t, tensors(t, ft), tensors(t, filepath.Join(out, "model.safetensors")))
+			rep, err := Verify(ctx, base, ft, arch, VerifyOptions{})
+			require.NoError(t, err)
+			assert.NoError(t, rep.Check(0))
+		})
+	}
+
+	base = writeCheckpoint(t, map[string]tensorSpec{proj: {safetensors.BF16, []uint64{2, 2}, []float32{1, 2, 3, 4}}})
+	ft = writeCheckpoint(t, map[string]tensorSpec{proj: {safetensors.BF16, []uint64{3, 2}, []float32{1, 2, 3, 4, 5, 6}}})
 	arch := filepath.Join(t.TempDir(), "a.dcm")
-	_, err := Compress(context.Background(), base, ft, arch, losslessOpts())
+	_, err := Compress(ctx, base, ft, arch, deltaOpts(t, 16, "auto"))
 	require.ErrorIs(t, err, ErrInput)
-	assert.Contains(t, err.Error(), `"w"`)
+	assert.Contains(t, err.Error(), `--exclude '^layers\.0\.q_proj\.weight$'`)
 	assert.NoFileExists(t, arch)
 	assert.Empty(t, fileNames(t, filepath.Dir(arch)), "no temporary files left")
+	_, err = Plan(base, ft, deltaOpts(t, 16, "auto"))
+	assert.ErrorIs(t, err, ErrInput)
+
+	opt := deltaOpts(t, 16, "auto")
+	opt.Select, err = NewSelector(nil, []string{`^layers\.0\.q_proj\.weight$`})
+	require.NoError(t, err)
+	_, err = Compress(ctx, base, ft, arch, opt)
+	assert.NoError(t, err, "the way out the message gives")
 }
 
 func TestNonFiniteDeltaRefused(t *testing.T) {
 	nan := float32(math.NaN())
-	base := writeCheckpoint(t, map[string]tensorSpec{"l.q_proj.weight": {safetensors.F32, []uint64{2, 2}, []float32{1, 2, 3, 4}}})
-	ft := writeCheckpoint(t, map[string]tensorSpec{"l.q_proj.weight": {safetensors.F32, []uint64{2, 2}, []float32{1, nan, 3, 4}}})
+	base := writeCheckpoint(t, map[string]tensorSpec{"layers.0.q_proj.weight": {safetensors.F32, []uint64{2, 2}, []float32{1, 2, 3, 4}}})
+	ft := writeCheckpoint(t, map[string]tensorSpec{"layers.0.q_proj.weight": {safetensors.F32, []uint64{2, 2}, []float32{1, nan, 3, 4}}})
 	arch := filepath.Join(t.TempDir(), "a.dcm")
 	_, err := Compress(context.Background(), base, ft, arch, deltaOpts(t, 2, "auto"))
 	require.ErrorIs(t, err, ErrInput)
-	assert.Contains(t, err.Error(), "l.q_proj.weight")
+	assert.Contains(t, err.Error(), "layers.0.q_proj.weight")
 	assert.NoFileExists(t, arch)
 }
 

@@ -10,9 +10,9 @@ import (
 var (
 	// ErrUsage reports invalid options.
 	ErrUsage = errors.New("invalid usage")
-	// ErrInput reports unusable input checkpoints: malformed files, tensors
-	// whose shapes differ between BASE and FT, NaN or Inf where a delta is
-	// computed.
+	// ErrInput reports unusable input checkpoints: malformed files, a
+	// selected projection whose shape differs between BASE and FT, NaN or
+	// Inf where a delta is computed.
 	ErrInput = errors.New("bad input")
 	// ErrWrongBase reports a BASE that is not the one the archive was made
 	// against.

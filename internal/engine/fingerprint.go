@@ -65,7 +65,7 @@ func QuickFingerprint(path string) (string, error) {
 			return "", err
 		}
 	}
-	side, err := c.SideFiles()
+	side, _, err := c.SideFiles()
 	if err != nil {
 		return "", errorf(ErrInput, "%w", err)
 	}

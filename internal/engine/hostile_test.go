@@ -260,7 +260,7 @@ func TestReconstructFutureVersion(t *testing.T) {
 // naming the tensor; tensors stored bit-exact keep their bits, NaN or not.
 func TestNonFiniteInputs(t *testing.T) {
 	nan, inf := float32(math.NaN()), float32(math.Inf(1))
-	proj := "l.q_proj.weight"
+	proj := "layers.0.q_proj.weight"
 	good := []float32{1, 2, 3, 4}
 	cases := []struct {
 		name      string
@@ -314,14 +314,15 @@ func TestNonFiniteInputs(t *testing.T) {
 // TestCompressFailureKeepsOlderOut: a compress that fails on bad input
 // leaves an older archive at OUT untouched and no temporary files.
 func TestCompressFailureKeepsOlderOut(t *testing.T) {
+	const proj = "layers.0.q_proj.weight"
 	base := writeCheckpoint(t, map[string]tensorSpec{"a": {safetensors.F32, []uint64{2}, []float32{1, 2}},
-		"w": {safetensors.F32, []uint64{2}, []float32{1, 2}}})
+		proj: {safetensors.F32, []uint64{2, 2}, []float32{1, 2, 3, 4}}})
 	ft := writeCheckpoint(t, map[string]tensorSpec{"a": {safetensors.F32, []uint64{2}, []float32{1, 3}},
-		"w": {safetensors.F32, []uint64{1, 2}, []float32{1, 2}}})
+		proj: {safetensors.F32, []uint64{2, 2}, []float32{1, float32(math.NaN()), 3, 4}}})
 	dir := t.TempDir()
 	arch := filepath.Join(dir, "a.dcm")
 	require.NoError(t, os.WriteFile(arch, []byte("older archive"), 0o644))
-	opt := losslessOpts()
+	opt := deltaOpts(t, 16, "auto")
 	opt.Overwrite = true
 	_, err := Compress(context.Background(), base, ft, arch, opt)
 	require.ErrorIs(t, err, ErrInput)

@@ -3,6 +3,7 @@ package engine
 import (
 	"encoding/json"
 	"fmt"
+	"regexp"
 	"slices"
 	"strings"
 
@@ -58,6 +59,9 @@ type CompressPlan struct {
 	SideFiles    int
 	SideBytes    int64
 	SideMaxBytes int64
+	// Skipped lists the entries of an FT folder that are not carried, with
+	// the reason; each is also a WarnSkippedFile warning.
+	Skipped []checkpoint.SkippedFile
 	// HeaderBytes estimates the archive's header: blob entries and the
 	// manifest, built from the plan with placeholder checksums and band
 	// lists (an estimate: the real band lists and blob sizes vary).
@@ -79,10 +83,60 @@ type PlanTotals struct {
 // lowRankCandidate reports whether Compress stores the tensor name (t in the
 // fine-tune, bt in the base) lossily with its method when its bytes differ
 // from the base's: a selected 2-D floating-point projection in
-// ModeDeltaCoMe.
-// It reads headers only; shapes are known to agree.
+// ModeDeltaCoMe. It reads headers only and does not compare shapes (see
+// classify).
 func lowRankCandidate(name string, t, bt checkpoint.Tensor, opt *CompressOptions) bool {
-	return opt.Mode == ModeDeltaCoMe && len(t.Shape) == 2 && dtype.IsFloat(t.DType) && dtype.IsFloat(bt.DType) && opt.Select.Match(name)
+	return opt.Mode == ModeDeltaCoMe && len(t.Shape) == 2 && len(bt.Shape) == 2 &&
+		dtype.IsFloat(t.DType) && dtype.IsFloat(bt.DType) && opt.Select.Match(name)
+}
+
+// tensorClass is how Compress stores one tensor, known from the headers.
+type tensorClass int
+
+const (
+	// classFull: stored whole, bit-exact (archive.KindFull): absent from
+	// the base, or another dtype or shape there.
+	classFull tensorClass = iota
+	// classLossy: a selected projection, stored with the method's lossy
+	// kind (or archive.KindSame when equal to the base).
+	classLossy
+	// classSameOrXOR: same dtype and shape as the base, not selected:
+	// archive.KindSame or archive.KindXOR, which only the bytes tell.
+	classSameOrXOR
+)
+
+// classify is the one rule by which Plan and Compress (encodeTensor) decide
+// how the fine-tune tensor name is stored. A tensor whose shape differs from
+// the base's (an embedding or output head grown by added tokens) is stored
+// whole; a selected projection whose shape differs is an error wrapping
+// ErrInput that says how to store it whole instead.
+func classify(base, ft *checkpoint.Checkpoint, name string, opt *CompressOptions) (tensorClass, error) {
+	t, _ := ft.Tensor(name)
+	bt, inBase := base.Tensor(name)
+	resized := inBase && !slices.Equal(bt.Shape, t.Shape)
+	switch {
+	case !inBase:
+		return classFull, nil
+	case lowRankCandidate(name, t, bt, opt) && resized:
+		return classFull, errorf(ErrInput, "tensor %q is selected for lossy compression, but its shape is %v in the fine-tune %s and %v in the base %s, and a delta needs one shape; to store it whole, bit-exact, add --exclude '%s'",
+			name, t.Shape, ft.Path(), bt.Shape, base.Path(), "^"+regexp.QuoteMeta(name)+"$")
+	case lowRankCandidate(name, t, bt, opt):
+		return classLossy, nil
+	case resized || bt.DType != t.DType:
+		return classFull, nil
+	}
+	return classSameOrXOR, nil
+}
+
+// checkClasses returns the first error classify finds in FT: Compress runs
+// it before writing anything.
+func checkClasses(base, ft *checkpoint.Checkpoint, opt *CompressOptions) error {
+	for _, name := range ft.Names() {
+		if _, err := classify(base, ft, name, opt); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // zstdBound is the largest zstd frame for n input bytes, ZSTD_COMPRESSBOUND
@@ -99,8 +153,8 @@ func zstdBound(n int64) int64 {
 // Plan returns what Compress would store for FT (ftPath) against BASE
 // (basePath) with opt, reading only the checkpoints' headers and side-file
 // sizes. It fails where Compress would fail before reading bytes: invalid
-// options, unreadable checkpoints, shapes that differ between BASE and FT
-// (errors wrap ErrUsage or ErrInput).
+// options, unreadable checkpoints, a selected projection whose shape
+// differs between BASE and FT (errors wrap ErrUsage or ErrInput).
 func Plan(basePath, ftPath string, opt CompressOptions) (*CompressPlan, error) {
 	if err := opt.validate(); err != nil {
 		return nil, err
@@ -116,13 +170,12 @@ func Plan(basePath, ftPath string, opt CompressOptions) (*CompressPlan, error) {
 	for _, name := range ft.Names() {
 		t, _ := ft.Tensor(name)
 		pt := PlannedTensor{Name: name, DType: t.DType.String(), Shape: t.Shape, OrigBytes: t.Size}
-		bt, inBase := base.Tensor(name)
-		switch {
-		case !inBase:
-			pt.Kind, pt.MaxBytes = archive.KindFull, zstdBound(t.Size)
-		case !slices.Equal(bt.Shape, t.Shape):
-			return nil, errorf(ErrInput, "tensor %q: shape %v in fine-tune %s, %v in base %s", name, t.Shape, ft.Path(), bt.Shape, base.Path())
-		case lowRankCandidate(name, t, bt, &opt):
+		class, err := classify(base, ft, name, &opt)
+		if err != nil {
+			return nil, err
+		}
+		switch class {
+		case classLossy:
 			rows, cols := int(t.Shape[0]), int(t.Shape[1])
 			switch opt.method() {
 			case MethodBitDelta:
@@ -135,7 +188,7 @@ func Plan(basePath, ftPath string, opt CompressOptions) (*CompressPlan, error) {
 				pt.Kind, pt.Budget = archive.KindLowRank, lowrank.Budget(rows, cols, opt.Ratio)
 				pt.MaxBytes = pt.Budget
 			}
-		case bt.DType != t.DType:
+		case classFull:
 			pt.Kind, pt.MaxBytes = archive.KindFull, zstdBound(t.Size)
 		default:
 			pt.Kind, pt.MaxBytes = PlanSameOrXOR, zstdBound(t.Size)
@@ -152,10 +205,12 @@ func Plan(basePath, ftPath string, opt CompressOptions) (*CompressPlan, error) {
 		k.MaxBytes += pt.MaxBytes
 		p.MaxArchiveBytes += pt.MaxBytes
 	}
-	side, err := ft.SideFiles()
+	side, skipped, err := ft.SideFiles()
 	if err != nil {
 		return nil, errorf(ErrInput, "fine-tune: %w", err)
 	}
+	p.Skipped = skipped
+	p.Warnings = append(p.Warnings, skippedWarnings(skipped)...)
 	for _, f := range side {
 		p.SideFiles++
 		p.SideBytes += f.Size

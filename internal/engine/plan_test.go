@@ -65,8 +65,8 @@ func TestPlanBoundsCompress(t *testing.T) {
 // TestPlanRefusesWhatCompressRefuses checks the failures a plan can see
 // from headers: shapes that differ, a missing checkpoint, bad options.
 func TestPlanRefusesWhatCompressRefuses(t *testing.T) {
-	base := writeCheckpoint(t, map[string]tensorSpec{"l.q_proj.weight": {safetensors.BF16, []uint64{2, 2}, []float32{1, 2, 3, 4}}})
-	ft := writeCheckpoint(t, map[string]tensorSpec{"l.q_proj.weight": {safetensors.BF16, []uint64{4, 1}, []float32{1, 2, 3, 4}}})
+	base := writeCheckpoint(t, map[string]tensorSpec{"layers.0.q_proj.weight": {safetensors.BF16, []uint64{2, 2}, []float32{1, 2, 3, 4}}})
+	ft := writeCheckpoint(t, map[string]tensorSpec{"layers.0.q_proj.weight": {safetensors.BF16, []uint64{4, 1}, []float32{1, 2, 3, 4}}})
 	_, err := Plan(base, ft, deltaOpts(t, 16, "auto"))
 	assert.ErrorIs(t, err, ErrInput)
 	_, err = Plan(base, filepath.Join(t.TempDir(), "missing"), deltaOpts(t, 16, "auto"))

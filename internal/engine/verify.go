@@ -282,7 +282,7 @@ func checkTensor(ar *archive.Reader, base, ft *checkpoint.Checkpoint, rec *archi
 // verifySideFiles checks every side file's SHA-256 and compares it with the
 // fine-tune folder's copy when there is one.
 func verifySideFiles(ar *archive.Reader, ft *checkpoint.Checkpoint, m *archive.Manifest, rep *VerifyReport) error {
-	ftFiles, err := ft.SideFiles()
+	ftFiles, _, err := ft.SideFiles()
 	if err != nil {
 		return errorf(ErrInput, "fine-tune: %w", err)
 	}

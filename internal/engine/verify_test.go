@@ -22,21 +22,21 @@ func TestVerify(t *testing.T) {
 		w[i] = float32(rng.NormFloat64())
 	}
 	base := writeCheckpoint(t, map[string]tensorSpec{
-		"l.q_proj.weight": {safetensors.F32, []uint64{n, n}, zero},
-		"norm.weight":     {safetensors.BF16, []uint64{2}, []float32{1, 1}},
-		"same.weight":     {safetensors.BF16, []uint64{2}, []float32{3, 4}},
+		"layers.0.q_proj.weight": {safetensors.F32, []uint64{n, n}, zero},
+		"norm.weight":            {safetensors.BF16, []uint64{2}, []float32{1, 1}},
+		"same.weight":            {safetensors.BF16, []uint64{2}, []float32{3, 4}},
 	})
 	ft := writeCheckpoint(t, map[string]tensorSpec{
-		"l.q_proj.weight": {safetensors.F32, []uint64{n, n}, w}, // full rank: ratio 4 cannot keep it all
-		"norm.weight":     {safetensors.BF16, []uint64{2}, []float32{1, 2}},
-		"same.weight":     {safetensors.BF16, []uint64{2}, []float32{3, 4}},
-		"new.weight":      {safetensors.F32, []uint64{1}, []float32{9}},
+		"layers.0.q_proj.weight": {safetensors.F32, []uint64{n, n}, w}, // full rank: ratio 4 cannot keep it all
+		"norm.weight":            {safetensors.BF16, []uint64{2}, []float32{1, 2}},
+		"same.weight":            {safetensors.BF16, []uint64{2}, []float32{3, 4}},
+		"new.weight":             {safetensors.F32, []uint64{1}, []float32{9}},
 	})
 	other := writeCheckpoint(t, map[string]tensorSpec{
-		"l.q_proj.weight": {safetensors.F32, []uint64{n, n}, zero},
-		"norm.weight":     {safetensors.BF16, []uint64{2}, []float32{1, 3}},
-		"same.weight":     {safetensors.BF16, []uint64{2}, []float32{3, 4}},
-		"new.weight":      {safetensors.F32, []uint64{1}, []float32{9}},
+		"layers.0.q_proj.weight": {safetensors.F32, []uint64{n, n}, zero},
+		"norm.weight":            {safetensors.BF16, []uint64{2}, []float32{1, 3}},
+		"same.weight":            {safetensors.BF16, []uint64{2}, []float32{3, 4}},
+		"new.weight":             {safetensors.F32, []uint64{1}, []float32{9}},
 	})
 	opt := deltaOpts(t, 4, "auto")
 	opt.GroupSize = 8
@@ -49,7 +49,7 @@ func TestVerify(t *testing.T) {
 	assert.Empty(t, rep.Problems)
 	assert.Equal(t, 3, rep.Exact, "norm (xor), same, new (full)")
 	assert.Equal(t, 1, rep.Lossy, "the projection")
-	proj := rep.Tensors[slices.IndexFunc(rep.Tensors, func(c TensorCheck) bool { return c.Name == "l.q_proj.weight" })]
+	proj := rep.Tensors[slices.IndexFunc(rep.Tensors, func(c TensorCheck) bool { return c.Name == "layers.0.q_proj.weight" })]
 	assert.Greater(t, proj.RelError, 0.0)
 	assert.Less(t, proj.RelError, 1.0)
 	// An F32 fine-tune has no rounding of its own: verify measures what

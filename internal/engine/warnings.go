@@ -30,6 +30,14 @@ const (
 	// WarnLowRatio: the ratio is so low that the lossy archive is likely
 	// larger than a lossless one.
 	WarnLowRatio = "low-ratio"
+	// WarnShapeChanged: a tensor has another shape in the fine-tune than in
+	// the base (an embedding or output head grown by added tokens); it is
+	// stored whole, bit-exact. Subject names the tensor.
+	WarnShapeChanged = "shape-changed"
+	// WarnSkippedFile: an entry of the fine-tune folder is not carried (a
+	// weight file in another format, a file over the size caps, a
+	// subfolder, a file that is not regular). Subject names it.
+	WarnSkippedFile = "skipped-file"
 )
 
 // Warning is something the user should know before trusting a result:
@@ -71,8 +79,8 @@ func listNames(names []string) string {
 const lowRatioLimit = 2
 
 // pairWarnings returns what the headers of BASE and FT already tell about
-// a compression with opt: names that do not pair up, a selection that
-// matches nothing, a ratio too low to pay.
+// a compression with opt: names that do not pair up, tensors whose shape
+// changed, a selection that matches nothing, a ratio too low to pay.
 func pairWarnings(base, ft *checkpoint.Checkpoint, opt *CompressOptions) []Warning {
 	var ws []Warning
 	if samePath(base.Path(), ft.Path()) {
@@ -91,11 +99,18 @@ func pairWarnings(base, ft *checkpoint.Checkpoint, opt *CompressOptions) []Warni
 			}
 			continue
 		}
-		if lowRankCandidate(name, t, bt, opt) {
+		class, err := classify(base, ft, name, opt)
+		switch {
+		case err != nil: // Compress and Plan fail on it first
+		case class == classLossy:
 			selected++
 			if rankZeroAhead(t.Shape, opt) {
 				zero = append(zero, name)
 			}
+		case !slices.Equal(bt.Shape, t.Shape):
+			ws = append(ws, Warning{Code: WarnShapeChanged, Subject: name, Message: fmt.Sprintf(
+				"tensor %q has shape %v in the fine-tune and %v in the base: it is stored whole, bit-exact, at its full size (an embedding or output head grows so when tokens are added)",
+				name, t.Shape, bt.Shape)})
 		}
 	}
 	for _, name := range base.Names() {
@@ -120,7 +135,9 @@ func pairWarnings(base, ft *checkpoint.Checkpoint, opt *CompressOptions) []Warni
 	}
 	if selected == 0 {
 		msg := "no tensor is selected for lossy compression: every tensor is stored bit-exact, as --lossless would"
-		if len(opt.Select.Include) > 0 && !slices.Equal(opt.Select.Include, DefaultInclude) {
+		if slices.Equal(opt.Select.Include, DefaultInclude) {
+			msg += "; by default only the 2-D floating-point weights inside numbered blocks (layers.N., h.N., blocks.N., layer.N.) are, and none is present in both checkpoints: name the projections with --include"
+		} else if len(opt.Select.Include) > 0 {
 			msg += fmt.Sprintf("; the --include patterns %s match no 2-D floating-point tensor present in both checkpoints", listNames(opt.Select.Include))
 		}
 		ws = append(ws, Warning{Code: WarnEmptySelection, Message: msg})
@@ -176,4 +193,15 @@ func rankZeroWarning(names []string) Warning {
 	return Warning{Code: WarnRankZero, Message: fmt.Sprintf(
 		"%d projections kept rank 0 (%s): they are reconstructed as their base tensor",
 		len(names), listNames(names))}
+}
+
+// skippedWarnings reports each entry of the fine-tune folder that the
+// archive will not carry, with the reason.
+func skippedWarnings(skipped []checkpoint.SkippedFile) []Warning {
+	ws := make([]Warning, 0, len(skipped))
+	for _, f := range skipped {
+		ws = append(ws, Warning{Code: WarnSkippedFile, Subject: f.Name, Message: fmt.Sprintf(
+			"%q in the fine-tune folder is not carried (%s); the reconstructed folder will not have it", f.Name, f.Reason)})
+	}
+	return ws
 }
