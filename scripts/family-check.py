@@ -13,7 +13,8 @@ them, to check deltacome against what people publish.
   family-check.py check DIR RECON
       Loads DIR/FAMILY/ft and RECON/FAMILY (a deltacome reconstruction) with
       transformers and prints, per family, whether it loaded, the relative
-      logit difference on fixed random input, and whether every file of the
+      logit difference on fixed random input (and, for scale, the base's
+      difference from the fine-tune), and whether every file of the
       fine-tune folder came back byte-identical. Exit status 1 when a
       reconstruction fails to load or misses a file.
 
@@ -96,12 +97,16 @@ def check(root, recon):
                     digest(os.path.join(ft_dir, n)) != digest(os.path.join(rc_dir, n)) and
                     not n.endswith(".safetensors"))]
         try:
-            ft = tf.AutoModelForCausalLM.from_pretrained(ft_dir, torch_dtype=torch.float32)
-            rc = tf.AutoModelForCausalLM.from_pretrained(rc_dir, torch_dtype=torch.float32)
+            load = lambda d: tf.AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.float32)
+            ft, rc = load(ft_dir), load(rc_dir)
             with torch.no_grad():
                 a, b = ft(ids).logits, rc(ids).logits
-            rel = float((a - b).norm() / a.norm())
-            print(f"{fam:10s} loaded  logit rel diff {rel:.4f}  files missing or different: {missing or 'none'}")
+                # The base, for scale: how far the fine-tune moved the logits.
+                base = load(os.path.join(root, fam, "base"))
+                n = min(a.shape[-1], base.config.vocab_size)
+                c = base(ids).logits[..., :n]
+            rel, moved = float((a - b).norm() / a.norm()), float((a[..., :n] - c).norm() / a[..., :n].norm())
+            print(f"{fam:10s} loaded  logit rel diff {rel:.4f} (base to fine-tune: {moved:.4f})  files missing or different: {missing or 'none'}")
         except Exception as e:  # report and go on to the next family
             print(f"{fam:10s} FAILED to load: {e}")
             bad += 1
