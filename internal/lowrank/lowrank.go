@@ -589,7 +589,8 @@ func Apply(dst []byte, dt safetensors.DType, base []byte, baseDT safetensors.DTy
 	inSize, outSize := int(baseDT.Size()), int(dt.Size())
 	applyBlocks(rows, cols, func(r0, r1 int, w []float32) {
 		_ = dtype.Decode(w, base[r0*cols*inSize:r1*cols*inSize], baseDT) // dtypes and lengths checked above
-		if rec.Rank > 0 { // rank 0: the base itself, -0 included
+		// At rank 0 the result is the base itself, -0 included.
+		if rec.Rank > 0 {
 			linalg.MulT(w, ust[r0:], rows, vt, r1-r0, rec.Rank, cols, true)
 		}
 		_ = dtype.Encode(dst[r0*cols*outSize:r1*cols*outSize], w, dt)
