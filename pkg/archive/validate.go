@@ -77,8 +77,11 @@ func (m *Manifest) validateHeader() error {
 	if _, ok := s.lossyKind(); !ok {
 		return refuse("settings", "mode", "unknown mode %q or method %q", s.Mode, s.Method)
 	}
-	if s.Ratio < 0 || s.GroupSize < 0 {
-		return refuse("settings", "ratio", "ratio %v and group size %d must not be negative", s.Ratio, s.GroupSize)
+	if s.Ratio < 0 {
+		return refuse("settings", "ratio", "%v is negative", s.Ratio)
+	}
+	if s.GroupSize < 0 {
+		return refuse("settings", "group_size", "%d is negative", s.GroupSize)
 	}
 	return nil
 }
@@ -266,8 +269,11 @@ func validateRecords(what string, t *Tensor) error {
 		{KindLowRankBF16, "lowrank_bf16", t.LowRankBF16 != nil},
 	}
 	for _, r := range records {
-		if r.present != (r.kind == t.Kind) {
-			return refuse(what, r.field, "present: %v, on a tensor of kind %s", r.present, t.Kind)
+		switch want := r.kind == t.Kind; {
+		case r.present && !want:
+			return refuse(what, r.field, "present on a tensor of kind %s", t.Kind)
+		case want && !r.present:
+			return refuse(what, r.field, "missing on a tensor of kind %s", t.Kind)
 		}
 	}
 	return nil
@@ -339,7 +345,7 @@ func lowRankBlobs(what string, t *Tensor) ([]blobSpec, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := checkMetrics(what+": lowrank", lr.RelError, lr.DeltaNorm, lr.EnergyKept, lr.Budget); err != nil {
+	if err := checkMetrics(what, "lowrank", lr.RelError, lr.DeltaNorm, lr.EnergyKept, lr.Budget); err != nil {
 		return nil, err
 	}
 	g := int64(lr.GroupSize)
@@ -381,12 +387,17 @@ func checkBands(what string, bands []Band, r int64) (int64, error) {
 	return sumBits, nil
 }
 
-// checkMetrics checks the measurements a lossy record carries: none is
-// negative (encoding/json refuses non-finite numbers).
-func checkMetrics(what string, relError, deltaNorm, energyKept float64, budget int64) error {
-	if relError < 0 || deltaNorm < 0 || energyKept < 0 || budget < 0 {
-		return refuse(what, "rel_error", "rel_error %v, delta_norm %v, energy_kept %v and budget %d must not be negative",
-			relError, deltaNorm, energyKept, budget)
+// checkMetrics checks the measurements a lossy record carries (record
+// names it in errors): none is negative (encoding/json refuses non-finite
+// numbers).
+func checkMetrics(what, record string, relError, deltaNorm, energyKept float64, budget int64) error {
+	for _, m := range []struct {
+		field string
+		v     float64
+	}{{"rel_error", relError}, {"delta_norm", deltaNorm}, {"energy_kept", energyKept}, {"budget", float64(budget)}} {
+		if m.v < 0 {
+			return refuse(what, record+"."+m.field, "%v is negative", m.v)
+		}
 	}
 	return nil
 }
@@ -395,7 +406,7 @@ func checkMetrics(what string, relError, deltaNorm, energyKept float64, budget i
 // element and one float32 scale.
 func bitDeltaBlobs(what string, t *Tensor) ([]blobSpec, error) {
 	bd := t.BitDelta
-	if err := checkMetrics(what+": bitdelta", bd.RelError, bd.DeltaNorm, 0, 0); err != nil {
+	if err := checkMetrics(what, "bitdelta", bd.RelError, bd.DeltaNorm, 0, 0); err != nil {
 		return nil, err
 	}
 	n := int64(t.Shape[0]) * int64(t.Shape[1]) // at most maxTensorBytes
@@ -414,7 +425,7 @@ func lowRankBF16Blobs(what string, t *Tensor) ([]blobSpec, error) {
 	if lr.Rank < 0 || uint64(lr.Rank) > min(rows, cols) {
 		return nil, refuse(what, "lowrank_bf16.rank", "%d out of range [0, %d]", lr.Rank, min(rows, cols))
 	}
-	if err := checkMetrics(what+": lowrank_bf16", lr.RelError, lr.DeltaNorm, lr.EnergyKept, lr.Budget); err != nil {
+	if err := checkMetrics(what, "lowrank_bf16", lr.RelError, lr.DeltaNorm, lr.EnergyKept, lr.Budget); err != nil {
 		return nil, err
 	}
 	r := uint64(lr.Rank)
