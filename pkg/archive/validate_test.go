@@ -2,6 +2,7 @@ package archive
 
 import (
 	"encoding/json"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -163,5 +164,59 @@ func TestValidateAcceptsRankZero(t *testing.T) {
 		r, err := Open(b.commit())
 		require.NoError(t, err, method)
 		require.NoError(t, r.Close())
+	}
+}
+
+// TestValidateLayout checks the layout rules that need more than one
+// field changed: a lone file has one shard and no index.
+func TestValidateLayout(t *testing.T) {
+	a := richArchive(t)
+	r, err := Parse("rich", a)
+	require.NoError(t, err)
+	cases := []struct {
+		name string
+		edit func(m *Manifest)
+	}{
+		{"lone file with an index", func(m *Manifest) {
+			m.Layout.Folder, m.Layout.Index = false, "model.safetensors.index.json"
+		}},
+		{"lone file with two shards", func(m *Manifest) {
+			m.Layout.Folder = false
+			m.Layout.Shards = append(m.Layout.Shards, Shard{File: "b.safetensors", Header: "{}"})
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			m := *r.Manifest
+			m.Layout.Shards = slices.Clone(m.Layout.Shards)
+			tc.edit(&m)
+			e, err := json.Marshal(&m)
+			require.NoError(t, err)
+			_, err = Parse("edited", withManifest(t, a, string(e)))
+			require.ErrorIs(t, err, ErrFormat)
+			assert.Contains(t, err.Error(), "layout: folder")
+		})
+	}
+}
+
+func TestIsSHA256AndSafeName(t *testing.T) {
+	assert.True(t, isSHA256(strings.Repeat("0a", 32)))
+	for _, s := range []string{"", strings.Repeat("0A", 32), strings.Repeat("0", 63), strings.Repeat("g", 64)} {
+		assert.False(t, isSHA256(s), s)
+	}
+	assert.True(t, safeName("config.json"))
+	assert.True(t, safeName("..."))
+	for _, s := range []string{"", ".", "..", "a/b", `a\b`, "a\x00b"} {
+		assert.False(t, safeName(s), s)
+	}
+}
+
+func TestCeilDiv(t *testing.T) {
+	cases := []struct{ a, b, want int64 }{
+		{0, 1, 0}, {1, 1, 1}, {7, 8, 1}, {8, 8, 1}, {9, 8, 2},
+		{1 << 36, 1<<63 - 1, 1}, // no overflow of a + b - 1
+	}
+	for _, tc := range cases {
+		assert.Equal(t, tc.want, ceilDiv(tc.a, tc.b), "%d / %d", tc.a, tc.b)
 	}
 }
