@@ -196,11 +196,17 @@ func Paths(js string) ([]string, error) {
 	return out, nil
 }
 
+// escape and unescape convert a key to and from its JSON Pointer form.
+var (
+	escape   = strings.NewReplacer("~", "~0", "/", "~1")
+	unescape = strings.NewReplacer("~1", "/", "~0", "~")
+)
+
 // splitPath returns the keys of a JSON Pointer.
 func splitPath(p string) []string {
 	keys := strings.Split(strings.TrimPrefix(p, "/"), "/")
 	for i, k := range keys {
-		keys[i] = strings.NewReplacer("~1", "/", "~0", "~").Replace(k)
+		keys[i] = unescape.Replace(k)
 	}
 	return keys
 }
@@ -209,7 +215,7 @@ func splitPath(p string) []string {
 // Pointer below path.
 func walk(v any, path string, fn func(path string, v any)) {
 	join := func(k string) string {
-		return path + "/" + strings.NewReplacer("~", "~0", "/", "~1").Replace(k)
+		return path + "/" + escape.Replace(k)
 	}
 	visit := func(p string, v any) {
 		fn(p, v)

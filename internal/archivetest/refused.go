@@ -21,16 +21,18 @@ func Refused(js string) ([]Mutation, error) {
 	if err != nil {
 		return nil, err
 	}
-	g := &generator{root: root, seen: map[string]bool{}}
+	g := &generator{root: root, seen: map[string]bool{}, values: map[string]any{}}
+	walk(root, "", func(path string, v any) { g.values[path] = v })
 	walk(root, "", g.field)
 	g.structural()
 	return g.out, nil
 }
 
 type generator struct {
-	root any
-	out  []Mutation
-	seen map[string]bool // field keys already mutated
+	root   any
+	values map[string]any // every value of root by path
+	out    []Mutation
+	seen   map[string]bool // field keys already mutated
 }
 
 // add records mutations of path to each value, once per field key.
@@ -45,15 +47,7 @@ func (g *generator) add(key, path string, refingerprint bool, values ...any) {
 }
 
 // get returns the value at path, or nil.
-func (g *generator) get(path string) any {
-	var found any
-	walk(g.root, "", func(p string, v any) {
-		if p == path {
-			found = v
-		}
-	})
-	return found
-}
+func (g *generator) get(path string) any { return g.values[path] }
 
 // key names the field at path for deduplication: indices dropped, tensor
 // fields qualified by the tensor's kind, blob fields by the blob's role,

@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -25,20 +24,13 @@ type fuzzArchive struct {
 	paths    []string
 }
 
-// fuzzArchives compresses the small pair with each method, at rank 0 and
-// losslessly, and returns the archives and the base they were made
-// against.
+// fuzzArchives returns the archives of the test vectors (testdata/vectors:
+// every storage kind, rank 0 included, and a side file) and the base they
+// were made against.
 func fuzzArchives(f *testing.F) ([]fuzzArchive, string) {
-	base, ft := smallPair(f)
-	rank0 := deltaOpts(f, 1e6, "auto")
-	bitDelta, lowRank := deltaOpts(f, 2, "auto"), deltaOpts(f, 2, "auto")
-	bitDelta.Method, lowRank.Method = MethodBitDelta, MethodLowRank
 	var out []fuzzArchive
-	for _, opt := range []CompressOptions{deltaOpts(f, 2, "auto"), rank0, bitDelta, lowRank, losslessOpts()} {
-		p := filepath.Join(f.TempDir(), "a.dcm")
-		_, err := Compress(context.Background(), base, ft, p, opt)
-		require.NoError(f, err)
-		raw, err := os.ReadFile(p)
+	for _, a := range vectorArchives {
+		raw, err := os.ReadFile(filepath.Join(vectorsDir, a.file))
 		require.NoError(f, err)
 		js, err := archivetest.Manifest(raw)
 		require.NoError(f, err)
@@ -46,7 +38,7 @@ func fuzzArchives(f *testing.F) ([]fuzzArchive, string) {
 		require.NoError(f, err)
 		out = append(out, fuzzArchive{raw: raw, manifest: js, paths: paths})
 	}
-	return out, base
+	return out, filepath.Join(vectorsDir, "base")
 }
 
 // FuzzCraftedArchive changes one manifest value of a valid archive of each
