@@ -220,3 +220,31 @@ func TestCeilDiv(t *testing.T) {
 		assert.Equal(t, tc.want, ceilDiv(tc.a, tc.b), "%d / %d", tc.a, tc.b)
 	}
 }
+
+// TestDecodeBlobRefusesBadCodecFields checks that DecodeBlob, which takes
+// any Blob record, refuses the fields validation refuses in a manifest:
+// a huge shuffle over an empty zstd frame (which used to loop 2^36 times),
+// a shuffle on a raw blob, a negative raw size.
+func TestDecodeBlobRefusesBadCodecFields(t *testing.T) {
+	empty, stored, err := EncodeBlob(RoleSideFile, "empty", nil, CodecZstd, 0)
+	require.NoError(t, err)
+	raw, rawStored, err := EncodeBlob(RoleData, "raw", []byte{1, 2}, CodecRaw, 0)
+	require.NoError(t, err)
+	cases := []struct {
+		name   string
+		b      Blob
+		stored []byte
+	}{
+		{"shuffle 2^36", func() Blob { b := empty; b.Shuffle = 1 << 36; return b }(), stored},
+		{"shuffle -1", func() Blob { b := empty; b.Shuffle = -1; return b }(), stored},
+		{"raw with shuffle", func() Blob { b := raw; b.Shuffle = 2; return b }(), rawStored},
+		{"negative raw size", func() Blob { b := empty; b.RawSize = -1; return b }(), stored},
+		{"raw size past the zstd bound", func() Blob { b := empty; b.RawSize = b.Size*maxZstdRatio + 1; return b }(), stored},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := DecodeBlob(tc.b, tc.stored)
+			require.ErrorIs(t, err, ErrFormat)
+		})
+	}
+}
