@@ -42,6 +42,7 @@ func (m *Manifest) validate(blobs map[string]stfile.Info) error {
 	checks := []func() error{
 		m.validateHeader,
 		m.validateFiles,
+		m.validateSideFiles,
 		m.validateBase,
 		m.validateTensors,
 		m.validateShards,
@@ -140,12 +141,19 @@ func (m *Manifest) validateFiles() error {
 	if _, ok := files[l.Index]; ok {
 		return refuse("layout", "index", "%q is also a shard", l.Index)
 	}
+	for _, f := range m.SideFiles {
+		if err := name(fmt.Sprintf("side file %q", f.Name), "name", f.Name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// validateSideFiles checks each side file's checksum, size and blob record.
+func (m *Manifest) validateSideFiles() error {
 	for i := range m.SideFiles {
 		f := &m.SideFiles[i]
 		what := fmt.Sprintf("side file %q", f.Name)
-		if err := name(what, "name", f.Name); err != nil {
-			return err
-		}
 		if !isSHA256(f.SHA256) {
 			return refuse(what, "sha256", "%q is not 64 lowercase hex digits", f.SHA256)
 		}
