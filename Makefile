@@ -59,7 +59,8 @@ bench: build
 # input is bounded by a count of runs: the default (60 s per input) would
 # spend the whole budget minimizing rather than fuzzing.
 FUZZTIME ?= 30s
-FUZZ_TARGETS := ./pkg/stfile:FuzzParse ./pkg/archive:FuzzParse ./pkg/archive:FuzzManifest
+FUZZ_TARGETS := ./pkg/stfile:FuzzParse ./pkg/archive:FuzzParse ./pkg/archive:FuzzManifest \
+	./internal/engine:FuzzCraftedArchive
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; name=$${t#*:}; \

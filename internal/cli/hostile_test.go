@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/deltacome/deltacome/internal/archivetest"
 	"github.com/deltacome/deltacome/internal/dtype"
 	"github.com/deltacome/deltacome/pkg/archive"
 	"github.com/deltacome/deltacome/pkg/stfile"
@@ -152,28 +153,18 @@ func flipBlob(blob string) func(raw []byte, f *stfile.File) []byte {
 // newManifest rewrites the manifest through edit, with a valid checksum
 // when sum is true (a deliberate change) and the old one otherwise (damage).
 func newManifest(edit func(js string) string, sum bool) func(raw []byte, f *stfile.File) []byte {
-	return func(raw []byte, f *stfile.File) []byte {
-		md := f.Metadata()
-		js := edit(md[archive.MetadataKey])
-		md[archive.MetadataKey] = js
-		if sum {
-			md[archive.MetadataCRCKey] = archive.ManifestCRC(js)
-		}
-		var infos []stfile.Info
-		for _, n := range f.Names() {
-			info, _ := f.Info(n)
-			infos = append(infos, info)
-		}
-		h, err := stfile.EncodeHeader(infos, md)
+	return func(raw []byte, _ *stfile.File) []byte {
+		b, err := archivetest.EditMetadata(raw, func(md map[string]string) {
+			js := edit(md[archive.MetadataKey])
+			md[archive.MetadataKey] = js
+			if sum {
+				md[archive.MetadataCRCKey] = archive.ManifestCRC(js)
+			}
+		})
 		if err != nil {
 			panic(err)
 		}
-		var b bytes.Buffer
-		if err := stfile.WriteHeader(&b, h); err != nil {
-			panic(err)
-		}
-		b.Write(raw[f.DataOffset():])
-		return b.Bytes()
+		return b
 	}
 }
 

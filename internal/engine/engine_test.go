@@ -30,7 +30,7 @@ func losslessOpts() CompressOptions {
 	return CompressOptions{Mode: ModeLossless, Tool: "test"}
 }
 
-func deltaOpts(t *testing.T, ratio float64, schedule string) CompressOptions {
+func deltaOpts(t testing.TB, ratio float64, schedule string) CompressOptions {
 	s, err := alloc.ParseSchedule(schedule)
 	require.NoError(t, err)
 	sel, err := NewSelector(nil, nil)
@@ -182,7 +182,7 @@ type tensorSpec struct {
 
 // writeCheckpoint writes a single-file checkpoint of the given tensors (in
 // name order) and returns its path.
-func writeCheckpoint(t *testing.T, ts map[string]tensorSpec) string {
+func writeCheckpoint(t testing.TB, ts map[string]tensorSpec) string {
 	t.Helper()
 	names := make([]string, 0, len(ts))
 	for n := range ts {

@@ -24,7 +24,7 @@ import (
 // tensor of each storage kind: two projections (low rank), a changed norm
 // (xor), an unchanged embedding (same), a tensor only in the fine-tune
 // (full), and a config.json side file.
-func smallPair(t *testing.T) (base, ft string) {
+func smallPair(t testing.TB) (base, ft string) {
 	t.Helper()
 	rng := rand.New(rand.NewPCG(61, 62))
 	normal := func(n int, scale float64) []float32 {
@@ -62,7 +62,7 @@ func smallPair(t *testing.T) (base, ft string) {
 }
 
 // folder writes a checkpoint folder: model.safetensors and the side files.
-func folder(t *testing.T, ts map[string]tensorSpec, side map[string]string) string {
+func folder(t testing.TB, ts map[string]tensorSpec, side map[string]string) string {
 	t.Helper()
 	dir := filepath.Dir(writeCheckpoint(t, ts))
 	for name, content := range side {

@@ -58,6 +58,11 @@ func Inspect(path string) (*Report, error) {
 		return nil, err
 	}
 	defer ar.Close()
+	return report(path, ar), nil
+}
+
+// report totals the contents of the opened archive ar found at path.
+func report(path string, ar *archive.Reader) *Report {
 	r := &Report{Path: path, Size: ar.Size(), Manifest: ar.Manifest, ByKind: make(map[string]*Totals)}
 	for i := range r.Manifest.Tensors {
 		rec := &r.Manifest.Tensors[i]
@@ -69,5 +74,5 @@ func Inspect(path string) (*Report, error) {
 		}
 		k.add(rec)
 	}
-	return r, nil
+	return r
 }

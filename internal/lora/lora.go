@@ -134,7 +134,7 @@ func Product(u, v []byte, rows, cols, rank int) ([]float32, error) {
 }
 
 // Apply writes base + B A into dst, computed in float32 and encoded as dt
-// (round to nearest, ties to even). base holds rows x cols elements of
+// (round to nearest, ties to even); at rank 0 dst is base cast to dt. base holds rows x cols elements of
 // baseDT, dst rows x cols elements of dt. Malformed records or blobs give
 // errors wrapping archive.ErrFormat.
 func Apply(dst []byte, dt safetensors.DType, base []byte, baseDT safetensors.DType, rows, cols int, rec *archive.LowRankBF16, u, v []byte) error {
@@ -149,8 +149,10 @@ func Apply(dst []byte, dt safetensors.DType, base []byte, baseDT safetensors.DTy
 	if err := dtype.Decode(w, base, baseDT); err != nil {
 		return fmt.Errorf("base: %w", err)
 	}
-	for i := range w {
-		w[i] += hat[i]
+	if rec.Rank > 0 { // rank 0: the base itself, -0 included
+		for i := range w {
+			w[i] += hat[i]
+		}
 	}
 	return dtype.Encode(dst, w, dt)
 }

@@ -568,7 +568,8 @@ func (w *roundTripper) dequantize(dst []float32, codes []byte, pos int, qp []byt
 }
 
 // Apply writes base + Delta_hat into dst, encoded as dt (rounding to nearest
-// even). base is decoded from baseDT; dst must hold rows x cols elements of dt.
+// even); at rank 0 dst is base cast to dt. base is decoded from baseDT; dst
+// must hold rows x cols elements of dt.
 // It works a block of rows at a time on every core, so that no rows x cols
 // float32 copy is needed.
 func Apply(dst []byte, dt safetensors.DType, base []byte, baseDT safetensors.DType, rows, cols int, rec *archive.LowRank, f *Factors) error {
@@ -588,7 +589,10 @@ func Apply(dst []byte, dt safetensors.DType, base []byte, baseDT safetensors.DTy
 	inSize, outSize := int(baseDT.Size()), int(dt.Size())
 	applyBlocks(rows, cols, func(r0, r1 int, w []float32) {
 		_ = dtype.Decode(w, base[r0*cols*inSize:r1*cols*inSize], baseDT) // dtypes and lengths checked above
-		linalg.MulT(w, ust[r0:], rows, vt, r1-r0, rec.Rank, cols, true)
+		// At rank 0 the result is the base itself, -0 included.
+		if rec.Rank > 0 {
+			linalg.MulT(w, ust[r0:], rows, vt, r1-r0, rec.Rank, cols, true)
+		}
 		_ = dtype.Encode(dst[r0*cols*outSize:r1*cols*outSize], w, dt)
 	})
 	return nil

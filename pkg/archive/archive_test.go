@@ -25,20 +25,11 @@ func sample(t *testing.T) (path string, xor, side []byte) {
 		xor[i] = byte(rng.IntN(4)) // compressible, like XOR of close bf16 values
 	}
 	side = []byte(`{"model_type": "llama"}`)
-	path = filepath.Join(t.TempDir(), "a.dcm")
-	w, err := Create(path)
-	require.NoError(t, err)
-	b, stored, err := EncodeBlob(RoleXOR, "w/xor", xor, CodecZstd, 2)
-	require.NoError(t, err)
-	require.NoError(t, w.Add(b, safetensors.U8, []uint64{uint64(len(stored))}, stored))
-	sb, sstored, err := EncodeBlob(RoleSideFile, "__side__/config.json", side, CodecRaw, 0)
-	require.NoError(t, err)
-	require.NoError(t, w.Add(sb, safetensors.U8, []uint64{uint64(len(sstored))}, sstored))
-	m := &Manifest{Format: FormatName, Version: Version, Tool: "test",
-		Layout:    Layout{Shards: []Shard{{File: "model.safetensors", Header: "{}"}}},
-		SideFiles: []SideFile{{Name: "config.json", Size: int64(len(side)), Blob: sb}},
-		Tensors:   []Tensor{{Name: "w", DType: "BF16", Shape: []uint64{2048}, Kind: KindXOR, Bytes: 4096, Blobs: []Blob{b}}}}
-	require.NoError(t, w.Commit(m))
+	b := newBuilder(t, "lossless", "")
+	b.tensor(Tensor{Name: "w", DType: "BF16", Shape: []uint64{2048}, Kind: KindXOR,
+		Blobs: []Blob{b.blob(RoleXOR, "w/xor", xor, CodecZstd, 2, safetensors.U8, nil)}}, "BF16")
+	b.side("config.json", side, CodecRaw)
+	path = b.commit()
 	return path, xor, side
 }
 

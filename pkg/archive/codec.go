@@ -76,19 +76,13 @@ func DecodeBlob(b Blob, stored []byte) ([]byte, error) {
 	if got := CRC32C(stored); got != b.CRC32C {
 		return nil, fmt.Errorf("%w: blob %q: crc32c %08x, manifest says %08x", ErrChecksum, b.Tensor, got, b.CRC32C)
 	}
-	if b.RawSize < 0 || b.RawSize > maxBlobRaw {
-		return nil, fmt.Errorf("%w: blob %q: raw size %d out of range", ErrFormat, b.Tensor, b.RawSize)
+	if err := checkCodec(fmt.Sprintf("blob %q", b.Tensor), b); err != nil {
+		return nil, err
 	}
 	switch b.Codec {
 	case CodecRaw:
-		if b.RawSize != b.Size {
-			return nil, fmt.Errorf("%w: blob %q: raw blob with raw size %d != size %d", ErrFormat, b.Tensor, b.RawSize, b.Size)
-		}
 		return stored, nil
 	case CodecZstd:
-		if b.RawSize > b.Size*maxZstdRatio {
-			return nil, fmt.Errorf("%w: blob %q: raw size %d is beyond what %d zstd bytes can hold", ErrFormat, b.Tensor, b.RawSize, b.Size)
-		}
 		out, err := decoder().DecodeAll(stored, make([]byte, 0, b.RawSize))
 		if err != nil {
 			return nil, fmt.Errorf("%w: blob %q: zstd: %v", ErrFormat, b.Tensor, err)
@@ -96,10 +90,7 @@ func DecodeBlob(b Blob, stored []byte) ([]byte, error) {
 		if int64(len(out)) != b.RawSize {
 			return nil, fmt.Errorf("%w: blob %q: decoded %d bytes, manifest says %d", ErrFormat, b.Tensor, len(out), b.RawSize)
 		}
-		if b.Shuffle > 1 {
-			if len(out)%b.Shuffle != 0 {
-				return nil, fmt.Errorf("%w: blob %q: %d bytes not a multiple of shuffle %d", ErrFormat, b.Tensor, len(out), b.Shuffle)
-			}
+		if b.Shuffle > 1 { // checkCodec: a divisor of the raw size, at most maxShuffle
 			plain := make([]byte, len(out))
 			unshuffleBytes(plain, out, b.Shuffle)
 			out = plain
@@ -109,17 +100,6 @@ func DecodeBlob(b Blob, stored []byte) ([]byte, error) {
 		return nil, fmt.Errorf("%w: blob %q: unknown codec %q", ErrFormat, b.Tensor, b.Codec)
 	}
 }
-
-// maxBlobRaw caps the decoded size of one blob read from a file (64 GiB, above
-// any single tensor of released models), so a corrupt size cannot make the
-// reader allocate without bound.
-const maxBlobRaw = 64 << 30
-
-// maxZstdRatio bounds a zstd blob's decoded size by its stored size, so that
-// what DecodeBlob allocates is proportional to bytes actually in the file: no
-// zstd frame expands more than 32768-fold (its densest form, an RLE block,
-// spends 4 bytes on at most 128 KiB).
-const maxZstdRatio = 1 << 15
 
 // shuffleBytes writes src's k-byte elements to dst as k byte planes. Planes
 // group the sign/exponent bytes of floats together, which zstd compresses far

@@ -24,7 +24,11 @@
 // then all second bytes, and so on. docs/FORMAT.md in the repository is the
 // normative specification; this package implements it.
 //
-// The package validates everything it reads from a file: header bounds,
-// manifest structure and version, blob sizes and CRC-32C checksums. Errors
-// wrap ErrFormat, ErrVersion or ErrChecksum.
+// The package validates everything it reads from a file. Open and Parse
+// check the header bounds and the manifest's checksum, then every manifest
+// record against itself, the other records and the blobs of the file
+// (docs/FORMAT.md section 4, the rules in validate.go), so that a caller may
+// size its work from an accepted record; Reader.Blob checks each blob's
+// CRC-32C and decoded size as it reads it. Errors wrap ErrFormat, ErrVersion
+// or ErrChecksum.
 package archive

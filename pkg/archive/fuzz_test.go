@@ -18,9 +18,10 @@ import (
 	"github.com/deltacome/deltacome/pkg/stfile"
 )
 
-// richArchive returns the bytes of a small archive holding every storage
-// kind the format has (same, xor, full, lowrank) and a side file. The
-// low-rank blobs are random bytes: this package does not interpret them.
+// richArchive returns the bytes of a small archive holding the storage
+// kinds same, xor, full and lowrank, and a side file. The low-rank blobs
+// are random bytes of the right sizes: this package does not interpret
+// them.
 func richArchive(tb testing.TB) []byte {
 	tb.Helper()
 	rng := rand.New(rand.NewPCG(6, 6))
@@ -31,44 +32,26 @@ func richArchive(tb testing.TB) []byte {
 		}
 		return b
 	}
-	path := filepath.Join(tb.TempDir(), "rich.dcm")
-	w, err := Create(path)
-	require.NoError(tb, err)
-	add := func(role, tensor string, raw []byte, codec string, shuffle int, dt safetensors.DType, shape []uint64) Blob {
-		b, stored, err := EncodeBlob(role, tensor, raw, codec, shuffle)
-		require.NoError(tb, err)
-		if shape == nil {
-			shape = []uint64{uint64(len(stored))}
-		}
-		require.NoError(tb, w.Add(b, dt, shape, stored))
-		return b
-	}
+	b := newBuilder(tb, "deltacome", "")
+	b.m.Settings = Settings{Mode: "deltacome", Ratio: 4, Schedule: "auto", GroupSize: 8, SVD: "exact"}
 	xor := make([]byte, 256)
 	xor[17], xor[200] = 3, 1
-	m := &Manifest{Format: FormatName, Version: Version, Tool: "test",
-		Settings: Settings{Mode: "deltacome", Ratio: 4, Schedule: "auto", GroupSize: 8, SVD: "exact"},
-		Layout:   Layout{Folder: true, Shards: []Shard{{File: "model.safetensors", Header: "{}"}}},
-		Tensors: []Tensor{
-			{Name: "same", DType: "BF16", Shape: []uint64{4}, Kind: KindSame, Bytes: 8},
-			{Name: "norm", DType: "BF16", Shape: []uint64{128}, Kind: KindXOR, Bytes: 256,
-				Blobs: []Blob{add(RoleXOR, "norm/xor", xor, CodecZstd, 2, safetensors.U8, nil)}},
-			{Name: "extra", DType: "F32", Shape: []uint64{8}, Kind: KindFull, Bytes: 32,
-				Blobs: []Blob{add(RoleData, "extra/data", random(32), CodecZstd, 4, safetensors.U8, nil)}},
-			{Name: "q_proj", DType: "BF16", Shape: []uint64{16, 24}, Kind: KindLowRank, Bytes: 768,
-				LowRank: &LowRank{Rank: 2, Bands: []Band{{Bits: 8, Count: 1}, {Bits: 2, Count: 1}}, GroupSize: 8, Budget: 192},
-				Blobs: []Blob{
-					add(RoleSigma, "q_proj/sigma", random(8), CodecRaw, 0, safetensors.F32, []uint64{2}),
-					add(RoleUCodes, "q_proj/u.codes", random(20), CodecRaw, 0, safetensors.U8, nil),
-					add(RoleUQParams, "q_proj/u.qparams", random(16), CodecRaw, 0, safetensors.BF16, []uint64{4, 2}),
-					add(RoleVCodes, "q_proj/v.codes", random(30), CodecRaw, 0, safetensors.U8, nil),
-					add(RoleVQParams, "q_proj/v.qparams", random(24), CodecRaw, 0, safetensors.BF16, []uint64{6, 2}),
-				}},
-		}}
-	side := []byte(`{"model_type": "llama"}`)
-	m.SideFiles = []SideFile{{Name: "config.json", Size: int64(len(side)),
-		Blob: add(RoleSideFile, "__side__/config.json", side, CodecZstd, 0, safetensors.U8, nil)}}
-	require.NoError(tb, w.Commit(m))
-	raw, err := os.ReadFile(path)
+	b.tensor(Tensor{Name: "same", DType: "BF16", Shape: []uint64{4}, Kind: KindSame}, "BF16")
+	b.tensor(Tensor{Name: "norm", DType: "BF16", Shape: []uint64{128}, Kind: KindXOR,
+		Blobs: []Blob{b.blob(RoleXOR, "norm/xor", xor, CodecZstd, 2, safetensors.U8, nil)}}, "BF16")
+	b.tensor(Tensor{Name: "extra", DType: "F32", Shape: []uint64{8}, Kind: KindFull,
+		Blobs: []Blob{b.blob(RoleData, "extra/data", random(32), CodecZstd, 4, safetensors.U8, nil)}}, "")
+	b.tensor(Tensor{Name: "q_proj", DType: "BF16", Shape: []uint64{16, 24}, Kind: KindLowRank,
+		LowRank: &LowRank{Rank: 2, Bands: []Band{{Bits: 8, Count: 1}, {Bits: 2, Count: 1}}, GroupSize: 8, Budget: 192},
+		Blobs: []Blob{
+			b.blob(RoleSigma, "q_proj/sigma", random(8), CodecRaw, 0, safetensors.F32, []uint64{2}),
+			b.blob(RoleUCodes, "q_proj/u.codes", random(20), CodecRaw, 0, safetensors.U8, nil),
+			b.blob(RoleUQParams, "q_proj/u.qparams", random(16), CodecRaw, 0, safetensors.BF16, []uint64{4, 2}),
+			b.blob(RoleVCodes, "q_proj/v.codes", random(30), CodecRaw, 0, safetensors.U8, nil),
+			b.blob(RoleVQParams, "q_proj/v.qparams", random(24), CodecRaw, 0, safetensors.BF16, []uint64{6, 2}),
+		}}, "BF16")
+	b.side("config.json", []byte(`{"model_type": "llama"}`), CodecZstd)
+	raw, err := os.ReadFile(b.commit())
 	require.NoError(tb, err)
 	return raw
 }

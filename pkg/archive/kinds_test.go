@@ -1,7 +1,6 @@
 package archive
 
 import (
-	"path/filepath"
 	"testing"
 
 	"github.com/nlpodyssey/safetensors"
@@ -10,79 +9,77 @@ import (
 )
 
 // lossySample writes an archive holding one bitdelta tensor (4x4) and one
-// lowrank-bf16 tensor (4x4, rank 1), with blobs of the right sizes.
-func lossySample(t *testing.T) string {
+// holding a lowrank-bf16 tensor (4x4, rank 1), with blobs of the right
+// sizes.
+func lossySample(t *testing.T) (bitDelta, lowRankBF16 string) {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "lossy.dcm")
-	w, err := Create(path)
-	require.NoError(t, err)
-	add := func(role, name string, raw []byte, dt safetensors.DType, shape []uint64) Blob {
-		b, stored, err := EncodeBlob(role, name+"/"+role, raw, CodecRaw, 0)
-		require.NoError(t, err)
-		require.NoError(t, w.Add(b, dt, shape, stored))
-		return b
-	}
-	signs := add(RoleSigns, "a", []byte{0xa5, 0x0f}, safetensors.U8, []uint64{2})
-	scale := add(RoleScale, "a", []byte{0, 0, 0x80, 0x3f}, safetensors.F32, []uint64{1})
-	u := add(RoleU, "b", make([]byte, 8), safetensors.BF16, []uint64{4, 1})
-	v := add(RoleV, "b", make([]byte, 8), safetensors.BF16, []uint64{1, 4})
-	m := &Manifest{Format: FormatName, Version: Version, Tool: "test",
-		Settings: Settings{Mode: "deltacome", Method: "bitdelta"},
-		Layout:   Layout{Shards: []Shard{{File: "model.safetensors", Header: "{}"}}},
-		Tensors: []Tensor{
-			{Name: "a", DType: "BF16", Shape: []uint64{4, 4}, Kind: KindBitDelta, Bytes: 32, Blobs: []Blob{signs, scale},
-				BitDelta: &BitDelta{RelError: 0.5, DeltaNorm: 2}},
-			{Name: "b", DType: "BF16", Shape: []uint64{4, 4}, Kind: KindLowRankBF16, Bytes: 32, Blobs: []Blob{u, v},
-				LowRankBF16: &LowRankBF16{Rank: 1, RelError: 0.25, DeltaNorm: 3, EnergyKept: 0.9, Budget: 16}},
-		}}
-	require.NoError(t, w.Commit(m))
-	return path
+	bd := newBuilder(t, "deltacome", "bitdelta")
+	bd.tensor(Tensor{Name: "a", DType: "BF16", Shape: []uint64{4, 4}, Kind: KindBitDelta, BitDelta: &BitDelta{RelError: 0.5, DeltaNorm: 2},
+		Blobs: []Blob{
+			bd.blob(RoleSigns, "a/signs", []byte{0xa5, 0x0f}, CodecRaw, 0, safetensors.U8, []uint64{2}),
+			bd.blob(RoleScale, "a/scale", []byte{0, 0, 0x80, 0x3f}, CodecRaw, 0, safetensors.F32, []uint64{1}),
+		}}, "BF16")
+	lr := newBuilder(t, "deltacome", "lowrank")
+	lr.tensor(Tensor{Name: "b", DType: "BF16", Shape: []uint64{4, 4}, Kind: KindLowRankBF16,
+		LowRankBF16: &LowRankBF16{Rank: 1, RelError: 0.25, DeltaNorm: 3, EnergyKept: 0.9, Budget: 16},
+		Blobs: []Blob{
+			lr.blob(RoleU, "b/u", make([]byte, 8), CodecRaw, 0, safetensors.BF16, []uint64{4, 1}),
+			lr.blob(RoleV, "b/v", make([]byte, 8), CodecRaw, 0, safetensors.BF16, []uint64{1, 4}),
+		}}, "BF16")
+	return bd.commit(), lr.commit()
 }
 
 func TestLossyKindsRead(t *testing.T) {
-	r, err := Open(lossySample(t))
-	require.NoError(t, err)
-	defer r.Close()
-	m := r.Manifest
-	assert.Equal(t, "bitdelta", m.Settings.Method)
+	bd, lr := lossySample(t)
 	cases := []struct {
-		rel, norm float64
-	}{{0.5, 2}, {0.25, 3}}
-	for i, tc := range cases {
-		rel, norm, ok := m.Tensors[i].DeltaError()
-		assert.True(t, ok, m.Tensors[i].Kind)
+		path, method string
+		rel, norm    float64
+		stored       int64
+	}{{bd, "bitdelta", 0.5, 2, 6}, {lr, "lowrank", 0.25, 3, 16}}
+	for _, tc := range cases {
+		r, err := Open(tc.path)
+		require.NoError(t, err)
+		m := r.Manifest
+		assert.Equal(t, tc.method, m.Settings.Method)
+		rel, norm, ok := m.Tensors[0].DeltaError()
+		assert.True(t, ok, m.Tensors[0].Kind)
 		assert.Equal(t, tc.rel, rel)
 		assert.Equal(t, tc.norm, norm)
+		assert.Equal(t, tc.stored, m.Tensors[0].StoredBytes())
+		require.NoError(t, r.Close())
 	}
-	assert.Equal(t, int64(6), m.Tensors[0].StoredBytes(), "2 bytes of signs, 4 of scale")
-
 	_, _, ok := (&Tensor{Kind: KindXOR}).DeltaError()
 	assert.False(t, ok, "bit-exact kinds have no error")
 }
 
 func TestLossyKindsRejects(t *testing.T) {
-	path := lossySample(t)
-	nth := func(m map[string]any, i int) map[string]any { return m["tensors"].([]any)[i].(map[string]any) }
+	bd, lr := lossySample(t)
+	first := func(m map[string]any) map[string]any { return m["tensors"].([]any)[0].(map[string]any) }
 	cases := []struct {
-		name string
-		edit func(m map[string]any)
+		name, path string
+		edit       func(m map[string]any)
 	}{
-		{"bitdelta without record", func(m map[string]any) { delete(nth(m, 0), "bitdelta") }},
-		{"bitdelta without scale", func(m map[string]any) {
-			nth(m, 0)["blobs"] = nth(m, 0)["blobs"].([]any)[:1]
+		{"bitdelta without record", bd, func(m map[string]any) { delete(first(m), "bitdelta") }},
+		{"bitdelta without scale", bd, func(m map[string]any) {
+			first(m)["blobs"] = first(m)["blobs"].([]any)[:1]
 		}},
-		{"lowrank-bf16 without record", func(m map[string]any) { delete(nth(m, 1), "lowrank_bf16") }},
-		{"lowrank-bf16 without v", func(m map[string]any) {
-			nth(m, 1)["blobs"] = nth(m, 1)["blobs"].([]any)[:1]
+		{"lowrank-bf16 without record", lr, func(m map[string]any) { delete(first(m), "lowrank_bf16") }},
+		{"lowrank-bf16 without v", lr, func(m map[string]any) {
+			first(m)["blobs"] = first(m)["blobs"].([]any)[:1]
 		}},
-		{"negative rank", func(m map[string]any) { nth(m, 1)["lowrank_bf16"].(map[string]any)["rank"] = -1 }},
-		{"record of another kind", func(m map[string]any) { nth(m, 0)["lowrank_bf16"] = nth(m, 1)["lowrank_bf16"] }},
-		{"kind swapped", func(m map[string]any) { nth(m, 0)["kind"] = KindLowRankBF16 }},
-		{"kind unknown to this reader", func(m map[string]any) { nth(m, 0)["kind"] = "bitdelta-v2" }},
+		{"negative rank", lr, func(m map[string]any) { first(m)["lowrank_bf16"].(map[string]any)["rank"] = -1 }},
+		{"record of another kind", bd, func(m map[string]any) { first(m)["lowrank_bf16"] = map[string]any{"rank": 0} }},
+		{"kind swapped", bd, func(m map[string]any) { first(m)["kind"] = KindLowRankBF16 }},
+		{"kind of another method", lr, func(m map[string]any) {
+			first(m)["kind"] = KindBitDelta
+			first(m)["bitdelta"] = first(m)["lowrank_bf16"]
+			delete(first(m), "lowrank_bf16")
+		}},
+		{"kind unknown to this reader", bd, func(m map[string]any) { first(m)["kind"] = "bitdelta-v2" }},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := Open(rewrite(t, path, tc.edit))
+			_, err := Open(rewrite(t, tc.path, tc.edit))
 			require.ErrorIs(t, err, ErrFormat)
 		})
 	}

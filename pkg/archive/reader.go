@@ -62,30 +62,12 @@ func readManifest(f *stfile.File) (*Manifest, error) {
 	if err := json.Unmarshal([]byte(js), &m); err != nil {
 		return nil, fmt.Errorf("%w: manifest: %v", ErrFormat, err)
 	}
-	if err := m.validate(); err != nil {
+	blobs := make(map[string]stfile.Info, f.Len())
+	for _, n := range f.Names() {
+		blobs[n], _ = f.Info(n)
+	}
+	if err := m.validate(blobs); err != nil {
 		return nil, err
-	}
-	check := func(b Blob) error {
-		info, ok := f.Info(b.Tensor)
-		if !ok {
-			return fmt.Errorf("%w: blob %q named in the manifest is not in the file", ErrFormat, b.Tensor)
-		}
-		if info.Size != b.Size {
-			return fmt.Errorf("%w: blob %q: %d bytes in the file, manifest says %d", ErrFormat, b.Tensor, info.Size, b.Size)
-		}
-		return nil
-	}
-	for _, t := range m.Tensors {
-		for _, b := range t.Blobs {
-			if err := check(b); err != nil {
-				return nil, fmt.Errorf("tensor %q: %w", t.Name, err)
-			}
-		}
-	}
-	for _, s := range m.SideFiles {
-		if err := check(s.Blob); err != nil {
-			return nil, fmt.Errorf("side file %q: %w", s.Name, err)
-		}
 	}
 	return &m, nil
 }

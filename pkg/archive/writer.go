@@ -75,7 +75,11 @@ func (w *Writer) Commit(m *Manifest) (err error) {
 			err = errors.Join(err, w.Abort())
 		}
 	}()
-	if err := m.validate(); err != nil {
+	blobs := make(map[string]stfile.Info, len(w.infos))
+	for _, info := range w.infos {
+		blobs[info.Name] = info
+	}
+	if err := m.validate(blobs); err != nil {
 		return fmt.Errorf("archive %s: refusing to write: %w", w.path, err)
 	}
 	js, err := json.Marshal(m)
