@@ -55,3 +55,38 @@ func abs32(x float32) float32 {
 	}
 	return x
 }
+
+// TestRandomizedLargeRitz runs the randomized route through a 2900 x 2900
+// projected Gram matrix, past the size where ssyevd's workspace query
+// stopped it (see TestSymEigDense32LargeWorkspace), and holds it to the
+// accuracy target of TestRandomizedAccuracy: its truncation residual
+// ‖A‖² - Σ s² (U orthonormal, V = AᵀU/s) at most 8% above the exact
+// route's.
+func TestRandomizedLargeRitz(t *testing.T) {
+	if testing.Short() {
+		t.Skip("seconds of products")
+	}
+	const rows, cols, rank = 2944, 2944, 1930 // l = 10·⌈(1930 + 965)/10⌉ = 2900
+	rng := rand.New(rand.NewPCG(17, 4))
+	a := slowSpectrum(rng, rows, cols, rows, 0.3)
+	d, err := Randomized(a, rows, cols, rank, DefaultRandomized())
+	require.NoError(t, err)
+	assert.Equal(t, MethodRandomized, d.Route)
+	assert.Empty(t, d.Fallback)
+	exact, err := Exact(a, rows, cols, rank)
+	require.NoError(t, err)
+	total := 0.0
+	for _, v := range a {
+		total += float64(v) * float64(v)
+	}
+	residual := func(d *SVD) float64 {
+		r := total
+		for _, s := range d.S {
+			r -= float64(s) * float64(s)
+		}
+		return r
+	}
+	t.Logf("residual %.5f of |A|^2, exact %.5f", residual(d)/total, residual(exact)/total)
+	assert.Less(t, residual(d), residual(exact)*1.08)
+	assertOrthonormal(t, d.U[:8*rows], rows, 8, "U") // a sample: the identity needs orthonormal U
+}
