@@ -66,10 +66,14 @@ func TestRandomizedLargeRitz(t *testing.T) {
 	if testing.Short() {
 		t.Skip("seconds of products")
 	}
-	const rows, cols, rank = 2944, 2944, 1930 // l = 10·⌈(1930 + 965)/10⌉ = 2900
+	// The default depth with a search space of l = 2900 (at the default
+	// p = k/2, rank 1930); a smaller rank keeps the exact reference cheap.
+	const rows, cols, rank = 2944, 2944, 300
 	rng := rand.New(rand.NewPCG(17, 4))
 	a := slowSpectrum(rng, rows, cols, rows, 0.3)
-	d, err := Randomized(a, rows, cols, rank, DefaultRandomized())
+	opt := DefaultRandomized()
+	opt.Oversample = 2900 - rank
+	d, err := Randomized(a, rows, cols, rank, opt)
 	require.NoError(t, err)
 	assert.Equal(t, MethodRandomized, d.Route)
 	assert.Empty(t, d.Fallback)
