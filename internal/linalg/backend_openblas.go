@@ -108,10 +108,10 @@ func symEigDense32(n, k int, a, z []float32) bool {
 // integer: LAPACK before 3.12 (OpenBLAS before 0.3.25; Debian 12 ships
 // 0.3.21) rounds it to the nearest float32, often below the length the
 // routine then demands (Reference-LAPACK issue 600). ssyevd wants
-// 1 + 6n + 2n² with eigenvectors, above 2²⁴ from n = 2895 on, where the
-// rounded answer is short for every n tried and ssyevd rejects the
-// workspace (INFO = -8) at once: this was the "did not converge" of the
-// randomized route at 4250 x 4250. The next float32 above q is at or above
+// 1 + 6n + 2n² with eigenvectors, above 2²⁴ from n = 2895 on; the rounded
+// answer is short for every n from 2895 to 5793 and for about half of the
+// larger ones, and ssyevd then rejects the workspace (INFO = -8) at once:
+// this was the "did not converge" of the randomized route at 4250 x 4250. The next float32 above q is at or above
 // the true length, whether q was rounded to nearest or up.
 func lworkFromQuery32(q float32) int {
 	return int(math.Nextafter32(q, math.MaxFloat32))
