@@ -58,22 +58,9 @@ func symEigTop(n, k int, a, w, z []float64) bool {
 // symEigDense32 computes the top k eigenvectors of the symmetric row-major
 // float32 n x n matrix a (upper triangle read, a overwritten) into the
 // columns of the row-major n x k matrix z, largest eigenvalue first. gonum's
-// LAPACK is float64 only: symEigTop runs on a float64 copy. It reports false
-// if the eigensolver did not converge.
-func symEigDense32(n, k int, a, z []float32) bool {
-	a64 := make([]float64, len(a))
-	for i, v := range a {
-		a64[i] = float64(v)
-	}
-	w, z64 := make([]float64, k), make([]float64, n*k)
-	if !symEigTop(n, k, a64, w, z64) {
-		return false
-	}
-	for i, v := range z64 {
-		z[i] = float32(v)
-	}
-	return true
-}
+// LAPACK is float64 only: this is symEigFloat64. It reports false if the
+// eigensolver did not converge.
+func symEigDense32(n, k int, a, z []float32) bool { return symEigFloat64(n, k, a, z) }
 
 // blasThreads and setBLASThreads are no-ops for gonum's BLAS, which spreads
 // large products over goroutines under the Go scheduler.

@@ -10,6 +10,8 @@ void openblas_set_num_threads(int);
 import "C"
 
 import (
+	"math"
+
 	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/lapack"
 	"gonum.org/v1/netlib/blas/netlib"
@@ -86,7 +88,7 @@ func symEigDense32(n, k int, a, z []float32) bool {
 	vals := make([]float32, n)
 	work, iwork := []float32{0}, []int32{0}
 	lapacke.Ssyevd('V', 'U', n, a, n, vals, work, -1, iwork, -1)
-	work, iwork = make([]float32, int(work[0])), make([]int32, iwork[0])
+	work, iwork = make([]float32, lworkFromQuery32(work[0])), make([]int32, iwork[0])
 	if !lapacke.Ssyevd('V', 'U', n, a, n, vals, work, len(work), iwork, len(iwork)) {
 		return false
 	}
@@ -98,6 +100,21 @@ func symEigDense32(n, k int, a, z []float32) bool {
 		}
 	}
 	return true
+}
+
+// lworkFromQuery32 returns the workspace length to allocate for a
+// single-precision LAPACK routine whose workspace query answered q. LAPACK
+// returns that length in WORK(1), a REAL, which above 2²⁴ cannot hold every
+// integer: LAPACK before 3.12 (OpenBLAS before 0.3.25; Debian 12 ships
+// 0.3.21) rounds it to the nearest float32, often below the length the
+// routine then demands (Reference-LAPACK issue 600). ssyevd wants
+// 1 + 6n + 2n² with eigenvectors, above 2²⁴ from n = 2895 on; the rounded
+// answer is short for every n from 2895 to 5793 and for about half of the
+// larger ones, and ssyevd then rejects the workspace (INFO = -8) at once:
+// this was the "did not converge" of the randomized route at 4250 x 4250. The next float32 above q is at or above
+// the true length, whether q was rounded to nearest or up.
+func lworkFromQuery32(q float32) int {
+	return int(math.Nextafter32(q, math.MaxFloat32))
 }
 
 // blasThreads returns the number of threads OpenBLAS runs a product on.

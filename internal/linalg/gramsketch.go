@@ -8,8 +8,10 @@ import (
 )
 
 // randomizedGram carries out Randomized's steps 1-3 with a Krylov space of
-// depth blocks of b columns; seed seeds Ω.
-func randomizedGram(a []float32, rows, cols, rank, b, depth int, seed uint64) (*SVD, error) {
+// depth blocks of b columns; seed seeds Ω. It returns the result, or
+// instead a non-empty description of the breakdown that stopped it (see
+// Randomized).
+func randomizedGram(a []float32, rows, cols, rank, b, depth int, seed uint64) (*SVD, string) {
 	short, long := min(rows, cols), max(rows, cols)
 	wide := rows <= cols
 	g := make([]float32, short*short)
@@ -23,23 +25,36 @@ func randomizedGram(a []float32, rows, cols, rank, b, depth int, seed uint64) (*
 			g[i*short+j] = g[j*short+i]
 		}
 	}
+	if top, ok := gramInRange(g, short); !ok {
+		if top == 0 && allZero(a) {
+			return finish32(nil, nil, nil, rows, cols, 0), ""
+		}
+		return nil, fmt.Sprintf("float32 Gram matrix out of range (largest diagonal entry %.3g)", top)
+	}
 	w, gw, err := krylovBasis(g, short, b, depth, seed)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Sprintf("Krylov basis: %v", err)
 	}
 	// Rayleigh–Ritz: T = Qᵀ·(G·Q), l x l.
 	l := b * depth
 	t := make([]float32, l*l)
 	gemm32(blas.Trans, blas.NoTrans, l, l, short, w, l, gw, l, t, l)
 	w32 := make([]float32, l*rank)
-	if !symEigDense32(l, rank, t, w32) {
-		return nil, fmt.Errorf("%w: symmetric eigensolver, %d x %d projected Gram matrix", ErrNoConvergence, l, l)
+	fallback := ""
+	if !ritzEig32(l, rank, t, w32) || !allFinite(w32) {
+		fallback = fmt.Sprintf("float32 eigensolver failed on the %d x %d projected Gram matrix; solved in float64", l, l)
+		gemm32(blas.Trans, blas.NoTrans, l, l, short, w, l, gw, l, t, l) // t was overwritten
+		if !ritzEig64(l, rank, t, w32) || !allFinite(w32) {
+			return nil, fmt.Sprintf("float32 and float64 eigensolvers failed on the %d x %d projected Gram matrix", l, l)
+		}
 	}
 	// Left vectors as rows: Uᵀ = Wᵀ·Qᵀ (rank x short).
 	us := make([]float32, rank*short)
 	gemm32(blas.Trans, blas.Trans, rank, short, l, w32, rank, w, l, us, short)
 	for j := range rank {
-		normalize32(us[j*short : (j+1)*short])
+		if n := normalize32(us[j*short : (j+1)*short]); !(math.Abs(n-1) <= ritzNormTol) {
+			return nil, fmt.Sprintf("Krylov basis lost orthogonality (Ritz vector %d has norm %.3g)", j, n)
+		}
 	}
 	// Right vectors as rows: Vᵀ = Uᵀ·X (rank x long).
 	vl := make([]float32, rank*long)
@@ -52,12 +67,94 @@ func randomizedGram(a []float32, rows, cols, rank, b, depth int, seed uint64) (*
 	s0 := 0.0
 	for j := range rank {
 		s[j] = normalize32(vl[j*long : (j+1)*long])
+		if s[j]-s[j] != 0 {
+			return nil, fmt.Sprintf("singular value %d is %v", j, s[j])
+		}
 		s0 = math.Max(s0, s[j])
 	}
+	var d *SVD
 	if wide {
-		return finish32(us, vl, s, rows, cols, randZeroTol(rows, cols, s0)), nil
+		d = finish32(us, vl, s, rows, cols, randZeroTol(rows, cols, s0))
+	} else {
+		d = finish32(vl, us, s, rows, cols, randZeroTol(rows, cols, s0))
 	}
-	return finish32(vl, us, s, rows, cols, randZeroTol(rows, cols, s0)), nil
+	d.Fallback = fallback
+	return d, ""
+}
+
+// The eigensolvers of the Rayleigh–Ritz step, in float32 and in float64
+// (see symEigDense32 and symEigFloat64); variables so that tests can make
+// them fail.
+var ritzEig32, ritzEig64 = symEigDense32, symEigFloat64
+
+// symEigFloat64 is symEigDense32 computed in float64: symEigTop on a
+// float64 copy of a, rounded back to float32. It is the float32
+// eigensolver of the pure-Go backend, whose LAPACK is float64 only, and the
+// retry of the OpenBLAS one.
+func symEigFloat64(n, k int, a, z []float32) bool {
+	a64 := make([]float64, len(a))
+	for i, v := range a {
+		a64[i] = float64(v)
+	}
+	w, z64 := make([]float64, k), make([]float64, n*k)
+	if !symEigTop(n, k, a64, w, z64) {
+		return false
+	}
+	for i, v := range z64 {
+		z[i] = float32(v)
+	}
+	return true
+}
+
+// ritzNormTol bounds |‖Q·w‖ - 1| for the Ritz vectors Q·w, w a unit
+// eigenvector of QᵀGQ: ‖Q·w‖² - 1 = wᵀ(QᵀQ - I)w, so a larger deviation
+// proves the basis Q far from orthonormal in a direction the result uses.
+// The Krylov bases of the tests (l up to 2900) give at most 6e-7; 1e-2
+// separates float32 rounding from a basis that lost its orthogonality.
+const ritzNormTol = 1e-2
+
+// The range of the largest diagonal entry of the float32 Gram matrix (the
+// largest squared row norm of X) in which the randomized route works: from
+// 2⁻⁶⁰, where the eigenvalues it resolves (down to ε₃₂ times that) stay
+// normal float32 numbers, to 2¹⁰⁰, where the sums of products with G of up
+// to 2¹⁷ terms stay far below overflow (2¹²⁸). Weight deltas sit near 1.
+const (
+	minGramDiag = 0x1p-60
+	maxGramDiag = 0x1p100
+)
+
+// gramInRange returns the largest diagonal entry of the symmetric row-major
+// n x n Gram matrix g (+Inf if an entry is not finite), and whether g is fit
+// for the randomized route: that entry within [minGramDiag, maxGramDiag].
+// A zero G comes from a zero matrix or from one whose squares all underflow.
+func gramInRange(g []float32, n int) (top float64, ok bool) {
+	if !allFinite(g) {
+		return math.Inf(1), false
+	}
+	for i := range n {
+		top = math.Max(top, float64(g[i*n+i]))
+	}
+	return top, top >= minGramDiag && top <= maxGramDiag
+}
+
+// allZero reports whether every entry of x is zero.
+func allZero(x []float32) bool {
+	for _, v := range x {
+		if v != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// allFinite reports whether x holds no NaN and no infinity.
+func allFinite(x []float32) bool {
+	for _, v := range x {
+		if v-v != 0 { // NaN - NaN and Inf - Inf are NaN
+			return false
+		}
+	}
+	return true
 }
 
 // krylovBasis returns an orthonormal basis Q (row-major n x l, one basis

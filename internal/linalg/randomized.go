@@ -79,6 +79,16 @@ func randZeroTol(rows, cols int, s0 float64) float64 {
 // Values at or below randZeroTol are dropped, so the result may hold fewer
 // than rank triplets. Sign convention and layout are those of SVD. Errors are
 // those of Exact, and ErrShape for a Depth below 1.
+//
+// Breakdown: the float32 arithmetic can fail on a valid input, and the route
+// checks for it where the checks cost nothing next to the products. A Gram
+// matrix that overflows or sits near float32's underflow (see gramInRange),
+// a Krylov block that no QR can orthonormalise, non-finite Ritz vectors or
+// values, or Ritz vectors whose norms show a basis that lost its
+// orthogonality (see ritzNormTol) hand the problem to the exact route in
+// float64. A float32 eigensolver failure on the projected Gram matrix is
+// retried in float64 first. Either way SVD.Fallback says what happened;
+// the choice depends only on the input, so the result stays deterministic.
 func Randomized(a []float32, rows, cols, rank int, opt RandomizedOptions) (*SVD, error) {
 	if err := checkArgs(a, rows, cols, rank); err != nil {
 		return nil, err
@@ -96,7 +106,16 @@ func Randomized(a []float32, rows, cols, rank int, opt RandomizedOptions) (*SVD,
 	if rank == 0 || b*d >= short {
 		return gram(a, rows, cols, rank)
 	}
-	return randomizedGram(a, rows, cols, rank, b, d, opt.Seed^(uint64(rows)<<32|uint64(cols)))
+	r, broke := randomizedGram(a, rows, cols, rank, b, d, opt.Seed^(uint64(rows)<<32|uint64(cols)))
+	if broke == "" {
+		return r, nil
+	}
+	e, err := gram(a, rows, cols, rank)
+	if err != nil {
+		return nil, fmt.Errorf("randomized route: %s; exact route: %w", broke, err)
+	}
+	e.Fallback = "randomized route: " + broke + "; exact route used"
+	return e, nil
 }
 
 // gaussianBlock is the number of entries drawn from one PCG stream when

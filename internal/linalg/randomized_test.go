@@ -184,3 +184,95 @@ func TestGEMMRate(t *testing.T) {
 	assert.Equal(t, 2*64.0*64*64, ProductFLOPs(64, 64, 64))
 	assert.Greater(t, RandomizedFLOPs(64, 128, 16), 4*ProductFLOPs(64, 128, 16))
 }
+
+// scaled returns a copy of a times 2^e, exact in float32 for these
+// magnitudes.
+func scaled(a []float32, e int) []float32 {
+	out := make([]float32, len(a))
+	f := float32(math.Ldexp(1, e))
+	for i, v := range a {
+		out[i] = v * f
+	}
+	return out
+}
+
+// TestRandomizedBreakdown forces each breakdown the randomized route checks
+// for and asserts that the result comes from the route it falls back to and
+// says so. Before these checks the 2⁷⁰-scaled matrix, whose float32 Gram
+// matrix overflows, ended in ErrNoConvergence (Householder QR of a NaN
+// basis block); the 2⁻⁸⁰-scaled one, whose Gram matrix underflows to zero,
+// gave factors of residual 197% of ‖A‖² (exact route: 23%); an
+// eigensolver failure was an error.
+func TestRandomizedBreakdown(t *testing.T) {
+	const rows, cols, rank = 300, 500, 60
+	rng := rand.New(rand.NewPCG(17, 2))
+	a := slowSpectrum(rng, rows, cols, 120, 0.2)
+	fail := func(int, int, []float32, []float32) bool { return false }
+	unnormalised := func(n, k int, a, z []float32) bool { // eigenvectors of norm 2
+		ok := symEigDense32(n, k, a, z)
+		for i := range z {
+			z[i] *= 2
+		}
+		return ok
+	}
+	for _, tc := range []struct {
+		name       string
+		scale      int // the input is a times 2^scale
+		eig32      func(int, int, []float32, []float32) bool
+		eig64      func(int, int, []float32, []float32) bool
+		wantRoute  Method
+		wantReason string
+	}{
+		{"Gram matrix overflows", 70, symEigDense32, symEigFloat64, MethodExact, "out of range"},
+		{"Gram matrix underflows", -80, symEigDense32, symEigFloat64, MethodExact, "out of range"},
+		{"float32 eigensolver fails", 0, fail, symEigFloat64, MethodRandomized, "solved in float64"},
+		{"both eigensolvers fail", 0, fail, fail, MethodExact, "float32 and float64 eigensolvers failed"},
+		{"Ritz vectors not unit", 0, unnormalised, symEigFloat64, MethodExact, "lost orthogonality"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ritzEig32, ritzEig64 = tc.eig32, tc.eig64
+			t.Cleanup(func() { ritzEig32, ritzEig64 = symEigDense32, symEigFloat64 })
+			in := scaled(a, tc.scale)
+			d, err := Randomized(in, rows, cols, rank, DefaultRandomized())
+			require.NoError(t, err)
+			assert.Equal(t, tc.wantRoute, d.Route)
+			assert.Contains(t, d.Fallback, tc.wantReason)
+			t.Log(d.Fallback)
+			again, err := Randomized(in, rows, cols, rank, DefaultRandomized())
+			require.NoError(t, err)
+			assert.Equal(t, d, again, "the fallback is deterministic")
+			if tc.wantRoute == MethodExact {
+				exact, err := Exact(in, rows, cols, rank)
+				require.NoError(t, err)
+				assert.Equal(t, exact.S, d.S)
+				assert.Equal(t, exact.U, d.U)
+				return
+			}
+			// Same target as TestRandomizedAccuracy's default row.
+			ref := reference(t, a, rows, cols)
+			optimal := 0.0
+			for _, s := range ref[rank:] {
+				optimal += s * s
+			}
+			res, _ := residualSq(a, d)
+			assert.Less(t, res, optimal*1.08)
+		})
+	}
+}
+
+func TestRandomizedReportsRoute(t *testing.T) {
+	rng := rand.New(rand.NewPCG(17, 3))
+	a := slowSpectrum(rng, 200, 330, 50, 0.2)
+	for _, tc := range []struct {
+		rank int
+		want Method
+	}{
+		{40, MethodRandomized},
+		{150, MethodExact}, // the search space would span the short side
+	} {
+		d, err := Randomized(a, 200, 330, tc.rank, DefaultRandomized())
+		require.NoError(t, err)
+		assert.Equal(t, tc.want, d.Route, "rank %d", tc.rank)
+		assert.Empty(t, d.Fallback, "rank %d", tc.rank)
+	}
+}

@@ -152,6 +152,7 @@ func Encode(delta []float32, rows, cols int, opt Options) (*Encoded, error) {
 	if err != nil {
 		return nil, fmt.Errorf("svd: %w", err)
 	}
+	e.Record.SVDFallback = svd.Fallback
 	sigma := make([]float64, svd.Rank)
 	for i := range sigma {
 		sigma[i] = float64(svd.S[i])

@@ -266,3 +266,30 @@ func TestRandomizedWithinErrorTarget(t *testing.T) {
 		assert.GreaterOrEqual(t, errs[1], errs[0]*0.995, "%dx%d: the randomized route beating exact by much would mean the comparison is broken", sh[0], sh[1])
 	}
 }
+
+// TestEncodeRecordsSVDFallback checks that a breakdown of the randomized
+// route reaches the record: a delta of entries near 2⁻⁹⁰, whose float32
+// Gram matrix underflows, is encoded from the exact route's SVD, as
+// MethodExact encodes it, and the record says why.
+func TestEncodeRecordsSVDFallback(t *testing.T) {
+	const rows, cols = 256, 400
+	rng := rand.New(rand.NewPCG(17, 5))
+	delta := testDelta(rng, rows, cols, 64)
+	opt := Options{Ratio: 16, GroupSize: 128, SVD: linalg.MethodRandomized}
+	enc, err := Encode(delta, rows, cols, opt)
+	require.NoError(t, err)
+	assert.Empty(t, enc.Record.SVDFallback)
+
+	for i := range delta {
+		delta[i] *= 0x1p-80
+	}
+	enc, err = Encode(delta, rows, cols, opt)
+	require.NoError(t, err)
+	assert.Contains(t, enc.Record.SVDFallback, "exact route used")
+	opt.SVD = linalg.MethodExact
+	exact, err := Encode(delta, rows, cols, opt)
+	require.NoError(t, err)
+	assert.Empty(t, exact.Record.SVDFallback)
+	assert.Equal(t, exact.Factors, enc.Factors)
+	assert.Equal(t, exact.Record.RelError, enc.Record.RelError)
+}

@@ -216,6 +216,8 @@ type LowRank struct {
 	EnergyKept float64 `json:"energy_kept"`
 	// Budget is the byte budget the allocation had (fp16 size / ratio).
 	Budget int64 `json:"budget"`
+	// SVDFallback, informative, says why the SVD route asked for was not the one used.
+	SVDFallback string `json:"svd_fallback,omitempty"`
 }
 
 // BitDelta describes a tensor stored as W = W_base + scale * sign(Delta),
