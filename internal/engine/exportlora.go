@@ -56,6 +56,9 @@ const (
 	// WarnNoBaseName: the base's config.json names no model, so the
 	// adapter's base_model_name_or_path is null.
 	WarnNoBaseName = "no-base-name"
+	// WarnLargerThanDelta: some factors take more bytes than their delta
+	// stored whole in the same dtype: r (out + in) >= out in.
+	WarnLargerThanDelta = "larger-than-delta"
 	// WarnConv1DAssumed: no config.json tells the architecture; GPT-2 names
 	// were taken for Conv1D weights stored [in, out].
 	WarnConv1DAssumed = "conv1d-assumed"
@@ -318,6 +321,17 @@ func planLoRA(base, ft *checkpoint.Checkpoint, opt *LoRAOptions) (*loraLayout, e
 			return nil, errorf(ErrUsage, "rank %d is above the size of every matrix it applies to (the largest rank any of them takes is %d): "+
 				"a LoRA of full rank is the delta itself; give a rank of at most %d", m.AskedRank, largest, largest)
 		}
+	}
+	var larger []string
+	for _, m := range l.modules {
+		if m.Bytes >= int64(m.Out)*int64(m.In)*elemBytes {
+			larger = append(larger, m.Module)
+		}
+	}
+	if len(larger) > 0 {
+		l.warns = append(l.warns, Warning{Code: WarnLargerThanDelta, Message: fmt.Sprintf(
+			"the factors of %d projections (%s) take more bytes than their delta stored whole: r (out + in) >= out x in; a lower rank keeps the adapter small",
+			len(larger), listNames(larger))})
 	}
 	if len(clamped) > 0 {
 		l.warns = append(l.warns, Warning{Code: WarnRankClamped, Message: fmt.Sprintf(
@@ -910,6 +924,11 @@ func writeAdapter(ft *checkpoint.Checkpoint, outDir string, res *LoRAResult, out
 	}
 	if err != nil {
 		return err
+	}
+	// MkdirTemp's folder is private; an adapter is read by servers that may
+	// run as other users, like any model folder.
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return fmt.Errorf("create output: %w", err)
 	}
 	if err := os.Remove(outDir); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("replace empty %s: %w", outDir, err)
