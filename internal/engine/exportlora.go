@@ -354,7 +354,7 @@ func planLoRA(base, ft *checkpoint.Checkpoint, opt *LoRAOptions) (*loraLayout, e
 // adapterConfig builds adapter_config.json for the modules: r is their
 // largest rank and lora_alpha = r, so that PEFT's scaling lora_alpha / r is
 // 1; a module of another rank gets rank_pattern and alpha_pattern entries
-// of its rank, keeping its scaling 1 in PEFT, and in vLLM, which reads r and
+// of its rank (patternKey), keeping its scaling 1 in PEFT, and in vLLM, which reads r and
 // lora_alpha alone. target_modules are the module names' last parts when
 // every projection with such a last part is exported, else the full module
 // paths.
@@ -370,12 +370,27 @@ func adapterConfig(modules []LoRAModule, weights []string, baseName string, conv
 	c.LoraAlpha = c.R
 	for _, m := range modules {
 		if m.Rank != c.R {
-			c.RankPattern[m.Module] = m.Rank
-			c.AlphaPattern[m.Module] = m.Rank
+			c.RankPattern[patternKey(m.Module)] = m.Rank
+			c.AlphaPattern[patternKey(m.Module)] = m.Rank
 		}
 	}
 	c.TargetModules = targetModules(modules, weights)
 	return c
+}
+
+// patternKey returns the rank_pattern / alpha_pattern key of a module
+// path: the path without its first part (layers.0.self_attn.q_proj for
+// model.layers.0.self_attn.q_proj). PEFT takes a key for a regular
+// expression matched against the module paths of the model, as
+// (.*\.)?key$ in recent releases but .*\.key$, which needs a dot before
+// the key, in older ones; a key that starts after the first dot matches its
+// module in both, and no other: the layer index sits between dots.
+func patternKey(module string) string {
+	_, rest, ok := strings.Cut(module, ".")
+	if !ok {
+		return module
+	}
+	return rest
 }
 
 // targetModules returns the distinct last parts of the module paths (q_proj,

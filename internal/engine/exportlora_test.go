@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -250,10 +251,20 @@ func TestExportLoRARanks(t *testing.T) {
 		}
 		assert.Equal(t, want, m.Rank, m.Module)
 		if want != cfg.R {
-			assert.Equal(t, want, cfg.RankPattern[m.Module], m.Module)
-			assert.Equal(t, want, cfg.AlphaPattern[m.Module], "%s: alpha = rank keeps the scaling 1", m.Module)
+			key := strings.TrimPrefix(m.Module, "model.")
+			assert.Equal(t, want, cfg.RankPattern[key], m.Module)
+			assert.Equal(t, want, cfg.AlphaPattern[key], "%s: alpha = rank keeps the scaling 1", m.Module)
+			// PEFT matches keys as regular expressions, (.*\.)?key$ in
+			// recent releases and .*\.key$ in older ones: each must pick
+			// its module alone.
+			for _, other := range res.Modules {
+				newer := regexp.MustCompile(`^(.*\.)?(` + key + `)$`).MatchString(other.Module)
+				older := regexp.MustCompile(`^.*\.` + key + `$`).MatchString(other.Module)
+				assert.Equal(t, other.Module == m.Module, newer, "%s against %s", key, other.Module)
+				assert.Equal(t, other.Module == m.Module, older, "%s against %s", key, other.Module)
+			}
 		} else {
-			assert.NotContains(t, cfg.RankPattern, m.Module)
+			assert.NotContains(t, cfg.RankPattern, strings.TrimPrefix(m.Module, "model."))
 		}
 	}
 	var codes []string
