@@ -28,13 +28,17 @@ import (
 const optimalSlack = 1.03
 
 // roundingTol bounds what rounding the factors to the stored dtype adds to
-// the relative error, on top of optimalSlack. Each bf16 entry carries a
-// relative error of at most 2^-9 (8 significant bits); the errors are
-// unbiased and nearly independent, so B A moves by about 2^-9 |B A|_F
-// <= 2^-9 |Delta|_F, orthogonally to the truncation residual e: the
-// error becomes sqrt(e^2 + 2^-18) <= e + 2^-18 / (2e), under 1e-4 for
-// e >= 0.02 and 2^-9 at most. f16 (11 bits) and f32 round less.
-var roundingTol = map[safetensors.DType]float64{safetensors.BF16: 0x1p-9, safetensors.F16: 0x1p-12, safetensors.F32: 1e-6}
+// the relative error, on top of optimalSlack. With u the dtype's unit
+// roundoff (2^-8 for bf16's 8 significant bits, 2^-11 for f16, 2^-24 for
+// f32), each stored entry is x (1 + d), |d| <= u, so B~ = B + E with
+// |E_oj| <= u |B_oj|. The columns of B = U sqrt(S) are orthogonal with
+// norms^2 s_j, as are the rows of A, hence |E A|_F^2 = sum_j s_j |E_j|^2
+// <= u^2 sum_j s_j^2 = u^2 |B A|_F^2 <= u^2 |Delta|_F^2, and the same for
+// B F: rounding moves B A by at most 2u |Delta|_F (second-order terms
+// aside). f32 gets 1e-5 instead: the singular vectors themselves are
+// float32, accurate to a few 1e-7 each. Measured on the tiny pair: at most
+// 2.4e-3 for bf16, where a projection keeps its full rank.
+var roundingTol = map[safetensors.DType]float64{safetensors.BF16: 2 * 0x1p-8, safetensors.F16: 2 * 0x1p-11, safetensors.F32: 1e-5}
 
 func loraOpts(rank int) LoRAOptions {
 	return LoRAOptions{Rank: rank, DType: safetensors.BF16}
@@ -164,10 +168,10 @@ func TestExportLoRANearOptimal(t *testing.T) {
 	for _, tc := range []struct {
 		rank int
 		dt   safetensors.DType
-	}{{8, safetensors.BF16}, {64, safetensors.BF16}, {32, safetensors.F32}} {
+	}{{8, safetensors.BF16}, {128, safetensors.BF16}, {32, safetensors.F16}, {32, safetensors.F32}} {
 		t.Run(fmt.Sprintf("%s rank %d", tc.dt, tc.rank), func(t *testing.T) {
-			if testing.Short() && tc.dt != safetensors.BF16 {
-				t.Skip("one export per dtype is enough under -short")
+			if testing.Short() && tc.rank != 8 {
+				t.Skip("one export is enough under -short")
 			}
 			out := filepath.Join(t.TempDir(), "adapter")
 			opt := loraOpts(tc.rank)
@@ -186,7 +190,9 @@ func TestExportLoRANearOptimal(t *testing.T) {
 				require.NoError(t, lowrank.Delta(delta, data, w.DType, bdata, bw.DType))
 
 				optimal := optimalError(t, delta, m.Out, m.In, m.Rank)
-				assert.InDelta(t, optimal, m.TruncError, 1e-4, "%s: energy kept is that of the top-r singular values", m.Module)
+				// Energies, not errors: sqrt(1 - kept) magnifies float32 rounding
+				// of the singular values where nearly all is kept.
+				assert.InDelta(t, 1-optimal*optimal, m.EnergyKept, 1e-6, "%s: energy kept is that of the top-r singular values", m.Module)
 				assert.GreaterOrEqual(t, m.RelError, optimal-1e-6, "%s: nothing beats the truncated SVD", m.Module)
 				assert.LessOrEqual(t, m.RelError, optimalSlack*optimal+roundingTol[tc.dt], "%s: error %.5f, optimal %.5f", m.Module, m.RelError, optimal)
 				assert.InDelta(t, storedError(t, f, m.Module, delta, m.Out, m.In), m.RelError, 1e-5, "%s: the error reported is that of the stored factors", m.Module)
@@ -245,7 +251,7 @@ func TestExportLoRARanks(t *testing.T) {
 		switch m.Role {
 		case "k", "v":
 			want = 128
-			assert.Less(t, m.RelError, 0.01, "%s: full rank carries the delta up to bf16 rounding", m.Module)
+			assert.Less(t, m.RelError, roundingTol[safetensors.BF16], "%s: full rank carries the delta up to bf16 rounding", m.Module)
 		case "gate", "up", "down":
 			want = 24
 		}
