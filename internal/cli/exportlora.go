@@ -70,7 +70,7 @@ func (o *exportLoRAOptions) validate() (*engine.LoRAOptions, error) {
 func newExportLoRACmd() *cobra.Command {
 	o := &exportLoRAOptions{}
 	cmd := &cobra.Command{
-		Use:   "export-lora BASE FT OUTDIR",
+		Use:   "export-lora BASE FT|ARCHIVE OUTDIR",
 		Short: "Write FT's projection deltas to BASE as a PEFT LoRA adapter in OUTDIR",
 		Long: `Export-lora writes the fine-tune FT as a LoRA adapter over BASE, in the folder
 PEFT saves (adapter_model.safetensors and adapter_config.json), which PEFT,
@@ -101,10 +101,21 @@ difference) and the energy kept; then the totals. --json prints it as JSON
 (docs/LORA.md). --dry-run prints ranks and sizes from the headers alone,
 before any SVD.
 
+From an archive: given an archive made by compress against BASE instead of
+FT, the projections it stores as a low-rank delta (methods deltacome and
+lowrank) are factored from the delta the archive holds, truncated to r (or
+to the rank the archive keeps, if smaller); tensors it stores bit-exact
+are decoded and treated as from FT. No full checkpoint is rebuilt. The
+errors are then against the archive's delta; the report adds the
+archive's own error against the fine-tune's, recorded by compress. BASE
+is checked against the archive's record, as in reconstruct. Archives of
+--method bitdelta or --lossless are refused: give the fine-tune.
+
 OUTDIR must not exist or be empty; it appears only when complete.` + exitCodesHelp,
 		Example: `  deltacome export-lora --rank 16 ./Llama-2-7b ./my-ft ./my-ft-lora
   deltacome export-lora --rank 64 --rank-mlp 32 --dtype f16 ./base ./ft ./adapter
-  deltacome export-lora --dry-run --rank 128 ./base ./ft`,
+  deltacome export-lora --dry-run --rank 128 ./base ./ft
+  deltacome export-lora --rank 32 ./base my-ft.dcm ./my-ft-lora`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if o.dryRun && len(args) == 2 {
 				return nil
@@ -153,19 +164,20 @@ func runExportLoRA(ctx context.Context, o *exportLoRAOptions, base, ft, outDir s
 
 // loraJSON is export-lora --json (schema in docs/LORA.md).
 type loraJSON struct {
-	Schema    string               `json:"schema"`
-	Base      string               `json:"base"`
-	FineTune  string               `json:"fine_tune"`
-	OutDir    string               `json:"out_dir,omitempty"`
-	DryRun    bool                 `json:"dry_run"`
-	Settings  loraSettingsJSON     `json:"settings"`
-	Config    engine.AdapterConfig `json:"adapter_config"`
-	Modules   []loraModuleJSON     `json:"modules"`
-	Unchanged []string             `json:"unchanged"`
-	Others    []loraOtherJSON      `json:"others"`
-	Totals    loraTotalsJSON       `json:"totals"`
-	Seconds   float64              `json:"seconds"`
-	Warnings  []engine.Warning     `json:"warnings"`
+	Schema      string               `json:"schema"`
+	Base        string               `json:"base"`
+	FineTune    string               `json:"fine_tune"`
+	OutDir      string               `json:"out_dir,omitempty"`
+	DryRun      bool                 `json:"dry_run"`
+	FromArchive bool                 `json:"from_archive"`
+	Settings    loraSettingsJSON     `json:"settings"`
+	Config      engine.AdapterConfig `json:"adapter_config"`
+	Modules     []loraModuleJSON     `json:"modules"`
+	Unchanged   []string             `json:"unchanged"`
+	Others      []loraOtherJSON      `json:"others"`
+	Totals      loraTotalsJSON       `json:"totals"`
+	Seconds     float64              `json:"seconds"`
+	Warnings    []engine.Warning     `json:"warnings"`
 }
 
 type loraSettingsJSON struct {
@@ -192,6 +204,8 @@ type loraModuleJSON struct {
 	RelError   *float64 `json:"rel_error"`
 	TruncError *float64 `json:"truncation_error"`
 	EnergyKept *float64 `json:"energy_kept"`
+	// ArchiveRelError is present from an archive only.
+	ArchiveRelError *float64 `json:"archive_rel_error,omitempty"`
 }
 
 type loraOtherJSON struct {
@@ -206,15 +220,16 @@ type loraOtherJSON struct {
 }
 
 type loraTotalsJSON struct {
-	Modules      int      `json:"modules"`
-	LoRABytes    int64    `json:"lora_bytes"`
-	SavedBytes   int64    `json:"modules_to_save_bytes"`
-	HeaderBytes  int64    `json:"header_bytes"`
-	AdapterBytes int64    `json:"adapter_bytes"`
-	OrigBytes    int64    `json:"projection_original_bytes"`
-	RelError     *float64 `json:"rel_error"`
-	EnergyKept   *float64 `json:"energy_kept"`
-	ProjShare    *float64 `json:"projection_energy_share"`
+	Modules         int      `json:"modules"`
+	LoRABytes       int64    `json:"lora_bytes"`
+	SavedBytes      int64    `json:"modules_to_save_bytes"`
+	HeaderBytes     int64    `json:"header_bytes"`
+	AdapterBytes    int64    `json:"adapter_bytes"`
+	OrigBytes       int64    `json:"projection_original_bytes"`
+	RelError        *float64 `json:"rel_error"`
+	EnergyKept      *float64 `json:"energy_kept"`
+	ProjShare       *float64 `json:"projection_energy_share"`
+	ArchiveRelError *float64 `json:"archive_rel_error,omitempty"`
 }
 
 func toLoRAJSON(res *engine.LoRAResult, o *exportLoRAOptions, base, ft, outDir string, took time.Duration) loraJSON {
@@ -224,18 +239,26 @@ func toLoRAJSON(res *engine.LoRAResult, o *exportLoRAOptions, base, ft, outDir s
 		}
 		return &x
 	}
-	j := loraJSON{Schema: "deltacome.lora/1", Base: base, FineTune: ft, OutDir: outDir, DryRun: o.dryRun,
+	fromArchive := func(x float64) *float64 {
+		if !res.FromArchive {
+			return nil
+		}
+		return measured(x)
+	}
+	j := loraJSON{Schema: "deltacome.lora/1", Base: base, FineTune: ft, OutDir: outDir, DryRun: o.dryRun, FromArchive: res.FromArchive,
 		Settings: loraSettingsJSON{Rank: o.rank, RankAttn: o.rankAttn, RankMLP: o.rankMLP, DType: strings.ToLower(o.dtype),
 			ModulesToSave: o.modulesToSave, SVD: o.svd},
 		Config: res.Config, Unchanged: append([]string{}, res.Unchanged...), Modules: []loraModuleJSON{}, Others: []loraOtherJSON{},
 		Totals: loraTotalsJSON{Modules: len(res.Modules), LoRABytes: res.LoRABytes, SavedBytes: res.SavedBytes, HeaderBytes: res.HeaderBytes,
-			AdapterBytes: res.AdapterBytes, RelError: measured(res.RelError), EnergyKept: measured(res.EnergyKept), ProjShare: measured(res.ProjShare)},
+			AdapterBytes: res.AdapterBytes, RelError: measured(res.RelError), EnergyKept: measured(res.EnergyKept), ProjShare: measured(res.ProjShare),
+			ArchiveRelError: fromArchive(res.ArchiveRelError)},
 		Seconds: took.Seconds(), Warnings: append([]engine.Warning{}, res.Warnings...)}
 	for _, m := range res.Modules {
 		j.Totals.OrigBytes += m.OrigBytes
 		j.Modules = append(j.Modules, loraModuleJSON{Module: m.Module, Tensor: m.Tensor, Role: m.Role, Out: m.Out, In: m.In,
 			Rank: m.Rank, AskedRank: m.AskedRank, Bytes: m.Bytes, OrigBytes: m.OrigBytes, DeltaNorm: measured(m.DeltaNorm),
-			RelError: measured(m.RelError), TruncError: measured(m.TruncError), EnergyKept: measured(m.EnergyKept)})
+			RelError: measured(m.RelError), TruncError: measured(m.TruncError), EnergyKept: measured(m.EnergyKept),
+			ArchiveRelError: fromArchive(m.ArchiveRelError)})
 	}
 	for _, x := range res.Others {
 		j.Others = append(j.Others, loraOtherJSON{Name: x.Name, Role: x.Role, DType: x.DType, Shape: x.Shape, Bytes: x.Bytes,
@@ -250,15 +273,22 @@ func renderLoRA(out io.Writer, res *engine.LoRAResult, o *exportLoRAOptions, out
 		fmt.Fprintf(out, "plan: from the headers only, nothing read past them, nothing written; every projection taken as changed\n\n")
 	}
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	if o.dryRun {
+	archived := res.FromArchive && !o.dryRun
+	switch {
+	case o.dryRun:
 		fmt.Fprintln(tw, "module\tout x in\trank\tbytes\t")
-	} else {
+	case archived:
+		fmt.Fprintln(tw, "module\tout x in\trank\tbytes\terror\ttruncation\tenergy kept\tarchive error\t")
+	default:
 		fmt.Fprintln(tw, "module\tout x in\trank\tbytes\terror\ttruncation\tenergy kept\t")
 	}
 	for _, m := range res.Modules {
 		fmt.Fprintf(tw, "%s\t%dx%d\t%d\t%s\t", m.Module, m.Out, m.In, m.Rank, size(m.Bytes))
 		if !o.dryRun {
 			fmt.Fprintf(tw, "%.4f\t%.4f\t%.4f\t", m.RelError, m.TruncError, m.EnergyKept)
+		}
+		if archived {
+			fmt.Fprintf(tw, "%.4f\t", m.ArchiveRelError)
 		}
 		fmt.Fprintln(tw)
 	}
@@ -295,6 +325,10 @@ func renderLoRA(out io.Writer, res *engine.LoRAResult, o *exportLoRAOptions, out
 	if !o.dryRun {
 		_, err = fmt.Fprintf(out, "projection error |Delta - B A| / |Delta|: %.4f; energy kept %.4f; the projections hold %.2f%% of the delta's energy\n",
 			res.RelError, res.EnergyKept, 100*res.ProjShare)
+	}
+	if archived && err == nil {
+		_, err = fmt.Fprintf(out, "from the archive: Delta above is the archive's delta, whose own error against the fine-tune's is %.4f (recorded by compress)\n",
+			res.ArchiveRelError)
 	}
 	if o.dryRun {
 		for _, w := range res.Warnings {

@@ -92,3 +92,27 @@ func TestExportLoRARefused(t *testing.T) {
 	})
 	assert.NoDirExists(t, out)
 }
+
+func TestExportLoRAFromArchiveJSON(t *testing.T) {
+	dir := t.TempDir()
+	arch := filepath.Join(dir, "lowrank.dcm")
+	_, stderr, code := execute(t, "compress", "-q", "--method", "lowrank", tinyBase, tinyFT, arch)
+	require.Equal(t, ExitOK, code, stderr)
+	stdout, stderr, code := execute(t, "export-lora", "--json", "--rank", "8", tinyBase, arch, filepath.Join(dir, "adapter"))
+	require.Equal(t, ExitOK, code, stderr)
+	var rep loraJSON
+	require.NoError(t, json.Unmarshal([]byte(stdout), &rep))
+	assert.True(t, rep.FromArchive)
+	require.NotNil(t, rep.Totals.ArchiveRelError)
+	assert.Greater(t, *rep.Totals.ArchiveRelError, 0.0)
+	require.NotEmpty(t, rep.Modules)
+	assert.NotNil(t, rep.Modules[0].ArchiveRelError)
+
+	lossless := filepath.Join(dir, "lossless.dcm")
+	_, stderr, code = execute(t, "compress", "-q", "--lossless", tinyBase, tinyFT, lossless)
+	require.Equal(t, ExitOK, code, stderr)
+	err, code := executeErr(t, "export-lora", "--rank", "8", tinyBase, lossless, filepath.Join(dir, "other"))
+	assert.Equal(t, ExitUsage, code)
+	assert.ErrorContains(t, err, "stores no projection as a low-rank delta")
+	assert.NoDirExists(t, filepath.Join(dir, "other"))
+}

@@ -137,6 +137,10 @@ type LoRAModule struct {
 	// unrounded rank-Rank truncation; RelError |Delta - B A|_F / |Delta|_F
 	// measured on the stored factors. Zero in a plan.
 	DeltaNorm, EnergyKept, TruncError, RelError float64
+	// ArchiveRelError is, from an archive, the error its stored delta has
+	// against the fine-tune's (recorded by compress): DeltaNorm and the
+	// errors above are of the archive's delta. 0 otherwise.
+	ArchiveRelError float64
 }
 
 // LoRAOther is a changed tensor outside the exported projections.
@@ -195,8 +199,11 @@ type LoRAResult struct {
 	// AdapterBytes the adapter_model.safetensors file's size.
 	LoRABytes, SavedBytes, HeaderBytes, AdapterBytes int64
 	// RelError is sqrt(sum err^2 / sum |Delta|^2) over Modules, EnergyKept
-	// sum kept sigma^2 / sum |Delta|^2.
-	RelError, EnergyKept float64
+	// sum kept sigma^2 / sum |Delta|^2, ArchiveRelError the aggregate of
+	// the modules' ArchiveRelError (from an archive only).
+	RelError, EnergyKept, ArchiveRelError float64
+	// FromArchive reports an adapter made from an archive.
+	FromArchive bool
 	// ProjShare is the projections' part of the delta energy of every
 	// changed tensor.
 	ProjShare float64
@@ -209,6 +216,7 @@ type loraLayout struct {
 	byName   map[string]int // tensor name -> index in modules
 	conv1D   bool
 	baseName string
+	weights  []string // the fine-tune's 2-D tensors
 	config   AdapterConfig
 	warns    []Warning
 }
@@ -258,9 +266,11 @@ func readBaseConfig(c *checkpoint.Checkpoint) (baseModelConfig, bool, error) {
 }
 
 // planLoRA lists the projections ExportLoRA factors, with their ranks, and
-// the adapter config, from the headers alone. It refuses a rank above
-// min(out, in) of every module (ErrUsage).
-func planLoRA(base, ft *checkpoint.Checkpoint, opt *LoRAOptions) (*loraLayout, error) {
+// the adapter config, from the headers alone: ft lists the fine-tune's
+// tensors (ftPath names it in errors). maxRank caps the rank of the tensors
+// it names (the ranks an archive keeps); nil for none. It refuses a rank
+// above min(out, in) of every module (ErrUsage).
+func planLoRA(base *checkpoint.Checkpoint, ft []checkpoint.Tensor, ftPath string, maxRank map[string]int, opt *LoRAOptions) (*loraLayout, error) {
 	sel, err := NewSelector(nil, nil)
 	if err != nil {
 		return nil, err
@@ -273,14 +283,14 @@ func planLoRA(base, ft *checkpoint.Checkpoint, opt *LoRAOptions) (*loraLayout, e
 	rule := &CompressOptions{Mode: ModeDeltaCoMe, Select: sel} // the rule compress applies
 	var clamped []string
 	largest := 0
-	for _, name := range ft.Names() {
-		t, _ := ft.Tensor(name)
+	for _, t := range ft {
+		name := t.Name
 		bt, inBase := base.Tensor(name)
 		if !inBase {
 			continue
 		}
 		if !slices.Equal(bt.Shape, t.Shape) {
-			return nil, errorf(ErrInput, "tensor %q: shape %v in fine-tune %s, %v in base %s", name, t.Shape, ft.Path(), bt.Shape, base.Path())
+			return nil, errorf(ErrInput, "tensor %q: shape %v in fine-tune %s, %v in base %s", name, t.Shape, ftPath, bt.Shape, base.Path())
 		}
 		if !lowRankCandidate(name, t, bt, rule) {
 			continue
@@ -308,13 +318,16 @@ func planLoRA(base, ft *checkpoint.Checkpoint, opt *LoRAOptions) (*loraLayout, e
 		}
 		largest = max(largest, min(m.Out, m.In))
 		m.Rank = min(m.AskedRank, m.Out, m.In)
+		if r, ok := maxRank[m.Tensor]; ok {
+			m.Rank = min(m.Rank, max(r, 1)) // PEFT has no rank 0
+		}
 		if m.Rank < m.AskedRank {
 			clamped = append(clamped, m.Module)
 		}
 		m.Bytes = int64(m.Rank) * int64(m.Out+m.In) * elemBytes
 	}
 	if len(l.modules) == 0 {
-		return nil, errorf(ErrInput, "no projection of %s pairs with one of %s: nothing to export as a LoRA", ft.Path(), base.Path())
+		return nil, errorf(ErrInput, "no projection of %s pairs with one of %s: nothing to export as a LoRA", ftPath, base.Path())
 	}
 	for _, m := range l.modules {
 		if m.AskedRank > largest {
@@ -335,11 +348,12 @@ func planLoRA(base, ft *checkpoint.Checkpoint, opt *LoRAOptions) (*loraLayout, e
 	}
 	if len(clamped) > 0 {
 		l.warns = append(l.warns, Warning{Code: WarnRankClamped, Message: fmt.Sprintf(
-			"%d projections are smaller than the rank asked (%s): each gets its full rank min(out, in), which carries its delta exactly",
+			"%d projections are smaller than the rank asked, or keep fewer singular vectors in the archive (%s): each gets that rank, which carries its delta exactly",
 			len(clamped), listNames(clamped))})
 	}
 	l.baseName = cfg.NameOrPath
-	l.config = adapterConfig(l.modules, weights2D(ft), l.baseName, l.conv1D)
+	l.weights = weights2D(ft)
+	l.config = adapterConfig(l.modules, l.weights, l.baseName, l.conv1D)
 	if l.config.R > VLLMMaxRank {
 		l.warns = append(l.warns, Warning{Code: WarnVLLMRank, Message: fmt.Sprintf(
 			"the adapter's rank r = %d is above %d: vLLM refuses it (its --max-lora-rank stops at %d); PEFT loads it", l.config.R, VLLMMaxRank, VLLMMaxRank)})
@@ -418,15 +432,25 @@ func targetModules(modules []LoRAModule, weights []string) []string {
 // lastPart returns what follows the last dot of a module path.
 func lastPart(module string) string { return module[strings.LastIndex(module, ".")+1:] }
 
-// weights2D lists the 2-D tensors of c.
-func weights2D(c *checkpoint.Checkpoint) []string {
+// weights2D lists the names of the 2-D tensors.
+func weights2D(ts []checkpoint.Tensor) []string {
 	var names []string
-	for _, n := range c.Names() {
-		if t, _ := c.Tensor(n); len(t.Shape) == 2 {
-			names = append(names, n)
+	for _, t := range ts {
+		if len(t.Shape) == 2 {
+			names = append(names, t.Name)
 		}
 	}
 	return names
+}
+
+// tensorList returns the tensors of c in its order.
+func tensorList(c *checkpoint.Checkpoint) []checkpoint.Tensor {
+	ts := make([]checkpoint.Tensor, 0, c.Len())
+	for _, n := range c.Names() {
+		t, _ := c.Tensor(n)
+		ts = append(ts, t)
+	}
+	return ts
 }
 
 // openLoRA validates opt, opens BASE and FT and plans the adapter from
@@ -438,7 +462,7 @@ func openLoRA(basePath, ftPath string, opt *LoRAOptions) (base, ft *checkpoint.C
 	if base, ft, err = openPair(basePath, ftPath); err != nil {
 		return nil, nil, nil, err
 	}
-	if l, err = planLoRA(base, ft, opt); err != nil {
+	if l, err = planLoRA(base, tensorList(ft), ft.Path(), nil, opt); err != nil {
 		base.Close()
 		ft.Close()
 		return nil, nil, nil, err
@@ -450,15 +474,28 @@ func openLoRA(basePath, ftPath string, opt *LoRAOptions) (base, ft *checkpoint.C
 // (basePath), from the checkpoints' headers alone: every projection with
 // its rank and bytes (all taken as changed), the config, the header and
 // file sizes. Modules_to_save tensors are not counted: which tensors
-// changed only their bytes tell. Errors wrap ErrUsage or ErrInput.
+// changed only their bytes tell. FT may be an archive (its manifest is
+// read, no blob). Errors wrap ErrUsage, ErrInput or ErrWrongBase.
 func PlanLoRA(basePath, ftPath string, opt LoRAOptions) (*LoRAResult, error) {
-	base, ft, l, err := openLoRA(basePath, ftPath, &opt)
-	if err != nil {
-		return nil, err
+	var l *loraLayout
+	fromArchive := isArchive(ftPath)
+	if fromArchive {
+		a, err := openLoRAArchive(basePath, ftPath, &opt)
+		if err != nil {
+			return nil, err
+		}
+		defer a.close()
+		l = a.l
+	} else {
+		base, ft, pl, err := openLoRA(basePath, ftPath, &opt)
+		if err != nil {
+			return nil, err
+		}
+		defer base.Close()
+		defer ft.Close()
+		l = pl
 	}
-	defer base.Close()
-	defer ft.Close()
-	res := &LoRAResult{Modules: l.modules, Config: l.config, Conv1D: l.conv1D, Warnings: l.warns}
+	res := &LoRAResult{Modules: l.modules, Config: l.config, Conv1D: l.conv1D, Warnings: l.warns, FromArchive: fromArchive}
 	if err := res.sizeFile(opt.DType, nil); err != nil {
 		return nil, err
 	}
@@ -525,16 +562,36 @@ type loraTensor struct {
 	other     *LoRAOther // a changed tensor outside the projections
 }
 
+// loraSource is where ExportLoRA reads the fine-tune: a checkpoint, or an
+// archive applied to the base.
+type loraSource struct {
+	// tensors lists the fine-tune's tensors in order.
+	tensors []checkpoint.Tensor
+	// export factors or measures tensor i; it may run on several
+	// goroutines at once.
+	export func(i int) (loraTensor, error)
+	// data returns the fine-tune bytes of a tensor saved whole.
+	data func(name string) ([]byte, error)
+	// workers is the pool size when LoRAOptions.Workers < 1.
+	workers int
+	// desc names the inputs in errors: "FT against BASE".
+	desc string
+}
+
 // ExportLoRA writes a PEFT LoRA adapter of FT (ftPath) against BASE
 // (basePath) into the folder outDir: adapter_model.safetensors with lora_A
 // (rank x in) and lora_B (out x rank) of each selected projection, the
 // top-rank truncated SVD of its delta split as B = U sqrt(S), A = sqrt(S)
-// V^T and stored in opt.DType, and adapter_config.json. outDir must not
+// V^T and stored in opt.DType, and adapter_config.json. FT may be a
+// deltacome archive made against BASE (see exportArchive). outDir must not
 // exist or be empty; it appears only when complete. Errors wrap ErrUsage,
-// ErrExists or ErrInput.
+// ErrExists, ErrInput or ErrWrongBase.
 func ExportLoRA(ctx context.Context, basePath, ftPath, outDir string, opt LoRAOptions) (*LoRAResult, error) {
 	if opt.Progress == nil {
 		opt.Progress = NoProgress{}
+	}
+	if isArchive(ftPath) {
+		return exportArchive(ctx, basePath, ftPath, outDir, opt)
 	}
 	base, ft, l, err := openLoRA(basePath, ftPath, &opt)
 	if err != nil {
@@ -545,6 +602,21 @@ func ExportLoRA(ctx context.Context, basePath, ftPath, outDir string, opt LoRAOp
 	if err := checkOutDir(outDir, basePath, ftPath); err != nil {
 		return nil, err
 	}
+	ts := tensorList(ft)
+	src := loraSource{tensors: ts, workers: defaultWorkers(ft), desc: ftPath + " against " + basePath,
+		export: func(i int) (loraTensor, error) {
+			r, err := exportTensor(base, ft, ts[i].Name, l, &opt)
+			ft.Release(ts[i].Name)
+			base.Release(ts[i].Name)
+			return r, err
+		},
+		data: ft.Data}
+	return runLoRA(ctx, outDir, l, src, &opt)
+}
+
+// runLoRA exports every tensor of src on a pool of workers, totals the
+// results and writes the adapter.
+func runLoRA(ctx context.Context, outDir string, l *loraLayout, src loraSource, opt *LoRAOptions) (*LoRAResult, error) {
 	res := &LoRAResult{Conv1D: l.conv1D}
 	warn := func(w Warning) {
 		res.Warnings = append(res.Warnings, w)
@@ -555,29 +627,22 @@ func ExportLoRA(ctx context.Context, basePath, ftPath, outDir string, opt LoRAOp
 			warn(w)
 		}
 	}
-
-	names := ft.Names()
+	ts := src.tensors
 	var total int64
-	for _, n := range names {
-		t, _ := ft.Tensor(n)
+	for _, t := range ts {
 		total += t.Size
 	}
-	opt.Progress.Begin(len(names), total)
+	opt.Progress.Begin(len(ts), total)
 	workers := opt.Workers
 	if workers < 1 {
-		workers = defaultWorkers(ft)
+		workers = src.workers
 	}
 	var outcomes []loraTensor
 	var energy, projEnergy, errSq, keptSq float64
-	work := func(ctx context.Context, i int) (loraTensor, error) {
-		r, err := exportTensor(base, ft, names[i], l, &opt)
-		ft.Release(names[i])
-		base.Release(names[i])
-		return r, err
-	}
+	work := func(ctx context.Context, i int) (loraTensor, error) { return src.export(i) }
 	consume := func(i int, r loraTensor) error {
-		t, _ := ft.Tensor(names[i])
-		ev := Event{Index: i, Total: len(names), Name: names[i], Shape: t.Shape, DType: t.DType.String(), OrigBytes: t.Size}
+		t := ts[i]
+		ev := Event{Index: i, Total: len(ts), Name: t.Name, Shape: t.Shape, DType: t.DType.String(), OrigBytes: t.Size}
 		switch {
 		case r.module != nil:
 			m := r.module
@@ -590,7 +655,7 @@ func ExportLoRA(ctx context.Context, basePath, ftPath, outDir string, opt LoRAOp
 		case r.other != nil:
 			energy += r.other.DeltaNormSq
 			ev.Kind = "left out"
-			if opt.ModulesToSave && r.other.Saved {
+			if r.other.Saved {
 				ev.Kind, ev.StoredBytes = "modules_to_save", t.Size
 			}
 		default:
@@ -600,15 +665,17 @@ func ExportLoRA(ctx context.Context, basePath, ftPath, outDir string, opt LoRAOp
 		opt.Progress.Tensor(ev)
 		return nil
 	}
-	if err := ordered(ctx, len(names), workers, work, consume); err != nil {
+	if err := ordered(ctx, len(ts), workers, work, consume); err != nil {
 		return nil, err
 	}
 
 	var saved []LoRAOther
+	var archErrSq float64
 	for _, r := range outcomes {
 		switch {
 		case r.module != nil:
 			res.Modules = append(res.Modules, *r.module)
+			archErrSq += r.module.ArchiveRelError * r.module.ArchiveRelError * r.module.DeltaNorm * r.module.DeltaNorm
 		case r.unchanged != "":
 			res.Unchanged = append(res.Unchanged, r.unchanged)
 		case r.other != nil:
@@ -622,19 +689,20 @@ func ExportLoRA(ctx context.Context, basePath, ftPath, outDir string, opt LoRAOp
 		}
 	}
 	if len(res.Modules) == 0 {
-		return nil, errorf(ErrInput, "no projection of %s differs from %s: there is no delta to export", ftPath, basePath)
+		return nil, errorf(ErrInput, "no projection of %s differs: there is no delta to export", src.desc)
 	}
 	if energy > 0 {
 		res.ProjShare = projEnergy / energy
 	}
 	if projEnergy > 0 {
 		res.RelError, res.EnergyKept = math.Sqrt(errSq/projEnergy), keptSq/projEnergy
+		res.ArchiveRelError = math.Sqrt(archErrSq / projEnergy)
 	}
-	res.Config = adapterConfig(res.Modules, weights2D(ft), l.baseName, l.conv1D)
+	res.Config = adapterConfig(res.Modules, l.weights, l.baseName, l.conv1D)
 	if opt.ModulesToSave {
 		res.Config.ModulesToSave = savedModules(saved)
 	}
-	for _, w := range otherWarnings(res, &opt) {
+	for _, w := range otherWarnings(res, opt) {
 		warn(w)
 	}
 	if err := res.sizeFile(opt.DType, saved); err != nil {
@@ -643,7 +711,7 @@ func ExportLoRA(ctx context.Context, basePath, ftPath, outDir string, opt LoRAOp
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	if err := writeAdapter(ft, outDir, res, outcomes, saved, opt.DType); err != nil {
+	if err := writeAdapter(src.data, outDir, res, outcomes, saved, opt.DType); err != nil {
 		return nil, err
 	}
 	return res, nil
@@ -653,11 +721,9 @@ func ExportLoRA(ctx context.Context, basePath, ftPath, outDir string, opt LoRAOp
 // selected projection) or measures its delta (any other changed tensor).
 func exportTensor(base, ft *checkpoint.Checkpoint, name string, l *loraLayout, opt *LoRAOptions) (loraTensor, error) {
 	t, _ := ft.Tensor(name)
-	other := &LoRAOther{Name: name, DType: t.DType.String(), Shape: t.Shape, Role: Role(name), Bytes: t.Size}
 	bt, inBase := base.Tensor(name)
 	if !inBase {
-		other.Why = "absent from the base"
-		return loraTensor{other: other}, nil
+		return absentFromBase(t), nil
 	}
 	data, err := ft.Data(name)
 	if err != nil {
@@ -667,6 +733,20 @@ func exportTensor(base, ft *checkpoint.Checkpoint, name string, l *loraLayout, o
 	if err != nil {
 		return loraTensor{}, errorf(ErrInput, "base: %w", err)
 	}
+	return exportBytes(t, bt, data, bdata, l, opt)
+}
+
+// absentFromBase is the outcome of a fine-tune tensor the base lacks.
+func absentFromBase(t checkpoint.Tensor) loraTensor {
+	return loraTensor{other: &LoRAOther{Name: t.Name, DType: t.DType.String(), Shape: t.Shape, Role: Role(t.Name), Bytes: t.Size,
+		Why: "absent from the base"}}
+}
+
+// exportBytes factors the fine-tune tensor t (data) against its base bt
+// (bdata) if it is a selected projection, or measures its delta otherwise.
+func exportBytes(t, bt checkpoint.Tensor, data, bdata []byte, l *loraLayout, opt *LoRAOptions) (loraTensor, error) {
+	name := t.Name
+	other := &LoRAOther{Name: name, DType: t.DType.String(), Shape: t.Shape, Role: Role(name), Bytes: t.Size}
 	i, isModule := l.byName[name]
 	if bt.DType == t.DType && bytes.Equal(data, bdata) {
 		if isModule {
@@ -689,6 +769,7 @@ func exportTensor(base, ft *checkpoint.Checkpoint, name string, l *loraLayout, o
 		other.Why = "not floating point"
 		return loraTensor{other: other}, nil
 	}
+	var err error
 	if other.DeltaNormSq, err = deltaNormSq(data, t.DType, bdata, bt.DType); err != nil {
 		return loraTensor{}, errorf(ErrInput, "tensor %q: %w", name, err)
 	}
@@ -736,18 +817,23 @@ func deltaNormSq(ft []byte, ftDT safetensors.DType, base []byte, baseDT safetens
 }
 
 // factorModule computes the rank-m.Rank factors of one projection's delta
-// and fills m's measurements. The delta (ft - base) is rows x cols as
-// stored: out x in, or in x out for a Conv1D weight (conv1D), whose
-// factors are those of the transpose. An all-zero delta gives DeltaNorm 0
-// and no factors.
+// ft - base (factorDelta) and fills m's measurements.
 func factorModule(m *LoRAModule, data []byte, dt safetensors.DType, bdata []byte, bdt safetensors.DType, conv1D bool, route linalg.Method, out safetensors.DType) (loraFactors, error) {
+	delta := make([]float32, m.Out*m.In)
+	if err := lowrank.Delta(delta, data, dt, bdata, bdt); err != nil {
+		return loraFactors{}, errorf(ErrInput, "tensor %q: %w", m.Tensor, err)
+	}
+	return factorDelta(m, delta, conv1D, route, out)
+}
+
+// factorDelta computes the rank-m.Rank factors of delta and fills m's
+// measurements. delta is rows x cols as stored: out x in, or in x out for
+// a Conv1D weight (conv1D), whose factors are those of the transpose. An
+// all-zero delta gives DeltaNorm 0 and no factors.
+func factorDelta(m *LoRAModule, delta []float32, conv1D bool, route linalg.Method, out safetensors.DType) (loraFactors, error) {
 	rows, cols := m.Out, m.In
 	if conv1D {
 		rows, cols = m.In, m.Out
-	}
-	delta := make([]float32, rows*cols)
-	if err := lowrank.Delta(delta, data, dt, bdata, bdt); err != nil {
-		return loraFactors{}, errorf(ErrInput, "tensor %q: %w", m.Tensor, err)
 	}
 	var normSq float64
 	for _, x := range delta {
@@ -880,7 +966,7 @@ func otherWarnings(res *LoRAResult, opt *LoRAOptions) []Warning {
 // writeAdapter writes adapter_model.safetensors and adapter_config.json
 // into a temporary folder beside outDir and renames it to outDir once
 // complete, replacing an empty outDir.
-func writeAdapter(ft *checkpoint.Checkpoint, outDir string, res *LoRAResult, outcomes []loraTensor, saved []LoRAOther, dt safetensors.DType) error {
+func writeAdapter(ftData func(name string) ([]byte, error), outDir string, res *LoRAResult, outcomes []loraTensor, saved []LoRAOther, dt safetensors.DType) error {
 	infos, err := adapterInfos(res.Modules, dt, saved)
 	if err != nil {
 		return err
@@ -919,13 +1005,11 @@ func writeAdapter(ft *checkpoint.Checkpoint, outDir string, res *LoRAResult, out
 			}
 		}
 		for _, o := range saved {
-			data, err := ft.Data(o.Name)
+			data, err := ftData(o.Name)
 			if err != nil {
 				return errorf(ErrInput, "fine-tune: %w", err)
 			}
-			_, err = w.Write(data)
-			ft.Release(o.Name)
-			if err != nil {
+			if _, err = w.Write(data); err != nil {
 				return err
 			}
 		}
