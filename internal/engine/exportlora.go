@@ -584,8 +584,10 @@ type loraSource struct {
 // top-rank truncated SVD of its delta split as B = U sqrt(S), A = sqrt(S)
 // V^T and stored in opt.DType, and adapter_config.json. FT may be a
 // deltacome archive made against BASE (see exportArchive). outDir must not
-// exist or be empty; it appears only when complete. Errors wrap ErrUsage,
-// ErrExists, ErrInput or ErrWrongBase.
+// exist or be empty; it appears only when complete. The factors are held
+// in memory until the file is written: the adapter's size, plus one
+// projection's working set per worker. Errors wrap ErrUsage, ErrExists,
+// ErrInput or ErrWrongBase.
 func ExportLoRA(ctx context.Context, basePath, ftPath, outDir string, opt LoRAOptions) (*LoRAResult, error) {
 	if opt.Progress == nil {
 		opt.Progress = NoProgress{}
