@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"math"
 	"os"
 	"path/filepath"
 	"testing"
@@ -9,6 +10,8 @@ import (
 	"github.com/nlpodyssey/safetensors"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/deltacome/deltacome/internal/checkpoint"
 )
 
 // TestExportLoRAFromArchive exports the bundled pair's archives, of both
@@ -22,6 +25,12 @@ func TestExportLoRAFromArchive(t *testing.T) {
 	_, err := ExportLoRA(ctx, tinyBase, tinyFT, fromFT, loraOpts(8))
 	require.NoError(t, err)
 	ftFile, ftCfg, _ := readAdapter(t, fromFT)
+	base, err := checkpoint.Open(tinyBase)
+	require.NoError(t, err)
+	defer base.Close()
+	ft, err := checkpoint.Open(tinyFT)
+	require.NoError(t, err)
+	defer ft.Close()
 
 	for _, method := range []string{MethodDeltaCoMe, MethodLowRank} {
 		t.Run(method, func(t *testing.T) {
@@ -47,7 +56,13 @@ func TestExportLoRAFromArchive(t *testing.T) {
 			require.NoError(t, err)
 			defer a.close()
 			require.Len(t, res.Modules, 28)
+			var trueErrSq, trueNormSq float64 // against the fine-tune's own delta
 			for _, m := range res.Modules {
+				d := ftDelta(t, base, ft, m.Tensor, m.Out*m.In)
+				e := storedError(t, f, m.Module, d, m.Out, m.In)
+				n2 := sumSq(d)
+				trueErrSq += e * e * n2
+				trueNormSq += n2
 				rec := a.recs[m.Tensor]
 				delta, err := a.delta(rec)
 				require.NoError(t, err)
@@ -62,7 +77,9 @@ func TestExportLoRAFromArchive(t *testing.T) {
 					assert.Less(t, m.RelError, roundingTol[safetensors.BF16], "%s: the archive's factors carried over", m.Module)
 				}
 			}
-			t.Logf("%s archive, rank 8: error against the archive's delta %.4f, the archive's own %.4f", method, res.RelError, res.ArchiveRelError)
+			t.Logf("%s archive, rank 8: error against the archive's delta %.4f, the archive's own %.4f, the adapter's against the fine-tune's delta %.4f",
+				method, res.RelError, res.ArchiveRelError, math.Sqrt(trueErrSq/trueNormSq))
+			assert.LessOrEqual(t, math.Sqrt(trueErrSq/trueNormSq), res.RelError+res.ArchiveRelError+1e-9, "the triangle inequality")
 
 			plan, err := PlanLoRA(tinyBase, arch, loraOpts(8))
 			require.NoError(t, err)

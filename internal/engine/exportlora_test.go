@@ -101,6 +101,20 @@ func TestExportLoRALayout(t *testing.T) {
 	assert.Nil(t, fields["modules_to_save"])
 	assert.Nil(t, fields["base_model_name_or_path"])
 
+	// Byte-identical whatever the worker count.
+	again := filepath.Join(t.TempDir(), "adapter")
+	opt := loraOpts(16)
+	opt.Workers = 1
+	_, err = ExportLoRA(context.Background(), tinyBase, tinyFT, again, opt)
+	require.NoError(t, err)
+	for _, name := range []string{AdapterWeightsFile, AdapterConfigFile} {
+		want, err := os.ReadFile(filepath.Join(out, name))
+		require.NoError(t, err)
+		got, err := os.ReadFile(filepath.Join(again, name))
+		require.NoError(t, err)
+		assert.Equal(t, want, got, name)
+	}
+
 	plan, err := PlanLoRA(tinyBase, tinyFT, loraOpts(16))
 	require.NoError(t, err)
 	assert.Equal(t, res.AdapterBytes, plan.AdapterBytes, "the dry run predicts the file to the byte when nothing else is saved")
@@ -158,6 +172,29 @@ func storedError(t *testing.T, f *stfile.File, module string, delta []float32, o
 	return math.Sqrt(errSq / normSq)
 }
 
+// ftDelta returns the fine-tune's delta of a tensor in float32.
+func ftDelta(t *testing.T, base, ft *checkpoint.Checkpoint, name string, n int) []float32 {
+	t.Helper()
+	w, _ := ft.Tensor(name)
+	bw, _ := base.Tensor(name)
+	data, err := ft.Data(name)
+	require.NoError(t, err)
+	bdata, err := base.Data(name)
+	require.NoError(t, err)
+	d := make([]float32, n)
+	require.NoError(t, lowrank.Delta(d, data, w.DType, bdata, bw.DType))
+	return d
+}
+
+// sumSq returns the sum of squares of x.
+func sumSq(x []float32) float64 {
+	var s float64
+	for _, v := range x {
+		s += float64(v) * float64(v)
+	}
+	return s
+}
+
 func TestExportLoRANearOptimal(t *testing.T) {
 	base, err := checkpoint.Open(tinyBase)
 	require.NoError(t, err)
@@ -180,14 +217,7 @@ func TestExportLoRANearOptimal(t *testing.T) {
 			require.NoError(t, err)
 			f, _, _ := readAdapter(t, out)
 			for _, m := range res.Modules {
-				w, _ := ft.Tensor(m.Tensor)
-				bw, _ := base.Tensor(m.Tensor)
-				data, err := ft.Data(m.Tensor)
-				require.NoError(t, err)
-				bdata, err := base.Data(m.Tensor)
-				require.NoError(t, err)
-				delta := make([]float32, m.Out*m.In)
-				require.NoError(t, lowrank.Delta(delta, data, w.DType, bdata, bw.DType))
+				delta := ftDelta(t, base, ft, m.Tensor, m.Out*m.In)
 
 				optimal := optimalError(t, delta, m.Out, m.In, m.Rank)
 				// Energies, not errors: sqrt(1 - kept) magnifies float32 rounding
