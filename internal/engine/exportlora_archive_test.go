@@ -10,8 +10,6 @@ import (
 	"github.com/nlpodyssey/safetensors"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"github.com/deltacome/deltacome/internal/checkpoint"
 )
 
 // TestExportLoRAFromArchive exports the bundled pair's archives, of both
@@ -25,12 +23,7 @@ func TestExportLoRAFromArchive(t *testing.T) {
 	_, err := ExportLoRA(ctx, tinyBase, tinyFT, fromFT, loraOpts(8))
 	require.NoError(t, err)
 	ftFile, ftCfg, _ := readAdapter(t, fromFT)
-	base, err := checkpoint.Open(tinyBase)
-	require.NoError(t, err)
-	defer base.Close()
-	ft, err := checkpoint.Open(tinyFT)
-	require.NoError(t, err)
-	defer ft.Close()
+	base, ft := openTinyPair(t)
 
 	for _, method := range []string{MethodDeltaCoMe, MethodLowRank} {
 		t.Run(method, func(t *testing.T) {

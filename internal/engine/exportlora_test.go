@@ -195,13 +195,21 @@ func sumSq(x []float32) float64 {
 	return s
 }
 
-func TestExportLoRANearOptimal(t *testing.T) {
+// openTinyPair opens the bundled base and fine-tune, closed when the test
+// ends.
+func openTinyPair(t *testing.T) (base, ft *checkpoint.Checkpoint) {
+	t.Helper()
 	base, err := checkpoint.Open(tinyBase)
 	require.NoError(t, err)
-	defer base.Close()
-	ft, err := checkpoint.Open(tinyFT)
+	t.Cleanup(func() { base.Close() })
+	ft, err = checkpoint.Open(tinyFT)
 	require.NoError(t, err)
-	defer ft.Close()
+	t.Cleanup(func() { ft.Close() })
+	return base, ft
+}
+
+func TestExportLoRANearOptimal(t *testing.T) {
+	base, ft := openTinyPair(t)
 	for _, tc := range []struct {
 		rank int
 		dt   safetensors.DType
