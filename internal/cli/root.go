@@ -98,7 +98,7 @@ back into full weights that transformers and vLLM load unchanged.
 	addProfileFlag(root)
 	root.SetFlagErrorFunc(flagError)
 	root.AddCommand(newCompressCmd(), newReconstructCmd(), newInspectCmd(), newVerifyCmd(),
-		newCompareCmd(), newFingerprintCmd(), newVersionCmd(),
+		newCompareCmd(), newFingerprintCmd(), newVersionCmd(), newExportLoRACmd(),
 		newSynthCmd(), newGEMMRateCmd()) // the last two hidden: benchmark fixtures and floors
 	documentCompletion(root)
 	return root
