@@ -121,6 +121,10 @@ func TestTensorLine(t *testing.T) {
 		DType: "BF16", Kind: archive.KindLowRank, Rank: 1462, Bands: "8:2 3:32 2:1428", OrigBytes: 11008 * 4096 * 2,
 		StoredBytes: 5662310, RelError: 0.041})
 	assert.Equal(t, "[ 12/291] model.layers.1.mlp.up_proj.weight [11008x4096] BF16 -> rank 1462 (8:2 3:32 2:1428) 86.0 MiB -> 5.4 MiB err 0.0410", got)
+
+	got = tensorLine(engine.Event{Index: 0, Total: 1, Name: "w", Shape: []uint64{8, 8}, DType: "BF16", Kind: archive.KindLowRank,
+		Rank: 1, Bands: "8:1", OrigBytes: 128, StoredBytes: 20, RelError: 0.5, SVDFallback: "float32 eigensolver failed"})
+	assert.Equal(t, "[1/1] w [8x8] BF16 -> rank 1 (8:1) 128 B -> 20 B err 0.5000 (svd fell back: float32 eigensolver failed)", got)
 }
 
 // TestBinarySmoke builds the real binary and runs it end to end.

@@ -114,6 +114,9 @@ func tensorLine(ev engine.Event) string {
 	if ev.Kind == archive.KindLowRank || ev.RelError > 0 {
 		s += fmt.Sprintf(" err %.4f", ev.RelError)
 	}
+	if ev.SVDFallback != "" {
+		s += " (svd fell back: " + ev.SVDFallback + ")"
+	}
 	return s
 }
 

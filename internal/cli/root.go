@@ -83,6 +83,7 @@ back into full weights that transformers and vLLM load unchanged.
   deltacome inspect OUT.dcm               see what an archive holds
   deltacome verify BASE FT OUT.dcm        check an archive against FT
   deltacome compare BASE FT               Delta-CoMe against BitDelta and low rank
+  deltacome export-lora --rank R BASE FT DIR   a PEFT LoRA adapter for LoRA servers
 ` + exitCodesHelp,
 		SilenceUsage:  true,
 		SilenceErrors: true,

@@ -154,7 +154,7 @@ func Compress(ctx context.Context, basePath, ftPath, outPath string, opt Compres
 		ev := Event{Index: i, Total: len(names), Name: e.rec.Name, Shape: e.rec.Shape, DType: e.rec.DType,
 			Kind: e.rec.Kind, OrigBytes: e.rec.Bytes, StoredBytes: e.rec.StoredBytes()}
 		if lr := e.rec.LowRank; lr != nil {
-			ev.Rank, ev.Bands = lr.Rank, BandsString(lr.Bands)
+			ev.Rank, ev.Bands, ev.SVDFallback = lr.Rank, BandsString(lr.Bands), lr.SVDFallback
 		} else if lr := e.rec.LowRankBF16; lr != nil {
 			ev.Rank = lr.Rank
 		}

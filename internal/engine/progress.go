@@ -18,6 +18,9 @@ type Event struct {
 	OrigBytes, StoredBytes int64
 	// RelError is the relative error of a low-rank delta; 0 otherwise.
 	RelError float64
+	// SVDFallback says why the SVD route asked for was not the one used
+	// (archive.LowRank.SVDFallback); "" when it was.
+	SVDFallback string
 }
 
 // Progress receives progress from a running use case. Methods are called
