@@ -51,8 +51,6 @@ type Warning struct {
 	Message string `json:"message"`
 }
 
-func (w Warning) String() string { return w.Message }
-
 // maxListed bounds the names quoted in one warning message.
 const maxListed = 3
 
