@@ -18,7 +18,7 @@ import (
 	"github.com/deltacome/deltacome/internal/alloc"
 	"github.com/deltacome/deltacome/internal/checkpoint"
 	"github.com/deltacome/deltacome/internal/linalg"
-	"github.com/deltacome/deltacome/internal/lowrank"
+	"github.com/deltacome/deltacome/internal/svdquant"
 	"github.com/deltacome/deltacome/pkg/archive"
 )
 
@@ -332,7 +332,7 @@ func (e *encoded) storeFull(data []byte, dt safetensors.DType) error {
 func (e *encoded) storeLowRank(data []byte, dt safetensors.DType, bdata []byte, bdt safetensors.DType, opt CompressOptions) error {
 	rows, cols := int(e.rec.Shape[0]), int(e.rec.Shape[1])
 	delta := make([]float32, rows*cols)
-	if err := lowrank.Delta(delta, data, dt, bdata, bdt); err != nil {
+	if err := svdquant.Delta(delta, data, dt, bdata, bdt); err != nil {
 		return errorf(ErrInput, "tensor %q: %w", e.rec.Name, err)
 	}
 	switch opt.method() {
@@ -341,7 +341,7 @@ func (e *encoded) storeLowRank(data []byte, dt safetensors.DType, bdata []byte, 
 	case MethodLowRank:
 		return e.storeLowRankBF16(delta, rows, cols, opt.Ratio)
 	}
-	enc, err := lowrank.Encode(delta, rows, cols, lowrank.Options{Ratio: opt.Ratio, Schedule: opt.Schedule, GroupSize: opt.GroupSize, SVD: opt.SVD})
+	enc, err := svdquant.Encode(delta, rows, cols, svdquant.Options{Ratio: opt.Ratio, Schedule: opt.Schedule, GroupSize: opt.GroupSize, SVD: opt.SVD})
 	if err != nil {
 		return fmt.Errorf("tensor %q: %w", e.rec.Name, err)
 	}

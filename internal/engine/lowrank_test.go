@@ -12,7 +12,7 @@ import (
 
 	"github.com/deltacome/deltacome/internal/checkpoint"
 	"github.com/deltacome/deltacome/internal/dtype"
-	"github.com/deltacome/deltacome/internal/lowrank"
+	"github.com/deltacome/deltacome/internal/svdquant"
 	"github.com/deltacome/deltacome/pkg/archive"
 )
 
@@ -83,7 +83,7 @@ func TestDeltaCoMeTinyPair(t *testing.T) {
 				}
 				budget := int64(float64(r.Shape[0]*r.Shape[1]*2) / tc.ratio)
 				assert.LessOrEqual(t, r.StoredBytes(), budget, "tensor %s over budget", r.Name)
-				assert.Equal(t, budget, lowrank.Budget(int(r.Shape[0]), int(r.Shape[1]), tc.ratio))
+				assert.Equal(t, budget, svdquant.Budget(int(r.Shape[0]), int(r.Shape[1]), tc.ratio))
 			}
 
 			out := filepath.Join(dir, "out")

@@ -12,7 +12,7 @@ import (
 	"github.com/deltacome/deltacome/internal/bitdelta"
 	"github.com/deltacome/deltacome/internal/checkpoint"
 	"github.com/deltacome/deltacome/internal/dtype"
-	"github.com/deltacome/deltacome/internal/lowrank"
+	"github.com/deltacome/deltacome/internal/svdquant"
 	"github.com/deltacome/deltacome/pkg/archive"
 	"github.com/deltacome/deltacome/pkg/stfile"
 )
@@ -182,10 +182,10 @@ func Plan(basePath, ftPath string, opt CompressOptions) (*CompressPlan, error) {
 				const scaleBytes = 4 // one float32 scale per matrix
 				pt.Kind, pt.MaxBytes = archive.KindBitDelta, int64(bitdelta.PackedLen(rows*cols))+scaleBytes
 			case MethodLowRank:
-				pt.Kind, pt.Budget = archive.KindLowRankBF16, lowrank.Budget(rows, cols, opt.Ratio)
+				pt.Kind, pt.Budget = archive.KindLowRankBF16, svdquant.Budget(rows, cols, opt.Ratio)
 				pt.MaxBytes = pt.Budget
 			default:
-				pt.Kind, pt.Budget = archive.KindLowRank, lowrank.Budget(rows, cols, opt.Ratio)
+				pt.Kind, pt.Budget = archive.KindLowRank, svdquant.Budget(rows, cols, opt.Ratio)
 				pt.MaxBytes = pt.Budget
 			}
 		case classFull:

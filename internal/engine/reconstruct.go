@@ -13,7 +13,7 @@ import (
 	"github.com/nlpodyssey/safetensors"
 
 	"github.com/deltacome/deltacome/internal/checkpoint"
-	"github.com/deltacome/deltacome/internal/lowrank"
+	"github.com/deltacome/deltacome/internal/svdquant"
 	"github.com/deltacome/deltacome/pkg/archive"
 	"github.com/deltacome/deltacome/pkg/stfile"
 )
@@ -346,7 +346,7 @@ func decodeTensor(ar *archive.Reader, base *checkpoint.Checkpoint, rec *archive.
 	case archive.KindBitDelta, archive.KindLowRankBF16:
 		return decodeBaseline(rec, bdata, bdt, blob, alloc)
 	case archive.KindLowRank:
-		var f lowrank.Factors
+		var f svdquant.Factors
 		parts := []struct {
 			role string
 			dst  *[]byte
@@ -364,7 +364,7 @@ func decodeTensor(ar *archive.Reader, base *checkpoint.Checkpoint, rec *archive.
 			return nil, fmt.Errorf("%w: tensor %q: low-rank record with dtype %s shape %v", archive.ErrFormat, rec.Name, rec.DType, rec.Shape)
 		}
 		out = alloc(rec.Bytes)
-		if err := lowrank.Apply(out, dt, bdata, bdt, int(rec.Shape[0]), int(rec.Shape[1]), rec.LowRank, &f); err != nil {
+		if err := svdquant.Apply(out, dt, bdata, bdt, int(rec.Shape[0]), int(rec.Shape[1]), rec.LowRank, &f); err != nil {
 			return nil, fmt.Errorf("tensor %q: %w", rec.Name, err)
 		}
 		return out, nil

@@ -1,4 +1,4 @@
-package lowrank
+package svdquant
 
 import (
 	"encoding/binary"
