@@ -91,7 +91,7 @@ func (o *compressOptions) validate() (*engine.CompressOptions, error) {
 	if eo.Schedule, eo.Select, err = o.encodingFlags.parse(); err != nil {
 		return nil, err
 	}
-	if eo.SVD, err = linalg.ParseMethod(o.svd); err != nil {
+	if eo.SVD, err = linalg.ParseRoute(o.svd); err != nil {
 		return nil, usageError{fmt.Errorf("--svd: %w", err)}
 	}
 	return eo, nil

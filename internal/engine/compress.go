@@ -46,8 +46,8 @@ type CompressOptions struct {
 	// GroupSize is the quantization group length along each singular vector.
 	GroupSize int
 	// SVD selects the truncated SVD route of each projection (zero value:
-	// auto, see linalg.Method); recorded as Settings.SVD.
-	SVD linalg.Method
+	// auto, see linalg.Route); recorded as Settings.SVD.
+	SVD linalg.Route
 	// Select picks the tensors to low-rank compress.
 	Select *Selector
 	// Workers bounds the tensors processed at once; < 1 means GOMAXPROCS.

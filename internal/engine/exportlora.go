@@ -78,7 +78,7 @@ type LoRAOptions struct {
 	// the adapter whole, as PEFT's modules_to_save.
 	ModulesToSave bool
 	// SVD selects the truncated SVD route (zero value: auto).
-	SVD linalg.Method
+	SVD linalg.Route
 	// Workers bounds the tensors processed at once; < 1 sizes the pool from
 	// the cores and memory.
 	Workers int
@@ -820,7 +820,7 @@ func deltaNormSq(ft []byte, ftDT safetensors.DType, base []byte, baseDT safetens
 
 // factorModule computes the rank-m.Rank factors of one projection's delta
 // ft - base (factorDelta) and fills m's measurements.
-func factorModule(m *LoRAModule, data []byte, dt safetensors.DType, bdata []byte, bdt safetensors.DType, conv1D bool, route linalg.Method, out safetensors.DType) (loraFactors, error) {
+func factorModule(m *LoRAModule, data []byte, dt safetensors.DType, bdata []byte, bdt safetensors.DType, conv1D bool, route linalg.Route, out safetensors.DType) (loraFactors, error) {
 	delta := make([]float32, m.Out*m.In)
 	if err := svdquant.Delta(delta, data, dt, bdata, bdt); err != nil {
 		return loraFactors{}, errorf(ErrInput, "tensor %q: %w", m.Tensor, err)
@@ -832,7 +832,7 @@ func factorModule(m *LoRAModule, data []byte, dt safetensors.DType, bdata []byte
 // measurements. delta is rows x cols as stored: out x in, or in x out for
 // a Conv1D weight (conv1D), whose factors are those of the transpose. An
 // all-zero delta gives DeltaNorm 0 and no factors.
-func factorDelta(m *LoRAModule, delta []float32, conv1D bool, route linalg.Method, out safetensors.DType) (loraFactors, error) {
+func factorDelta(m *LoRAModule, delta []float32, conv1D bool, route linalg.Route, out safetensors.DType) (loraFactors, error) {
 	rows, cols := m.Out, m.In
 	if conv1D {
 		rows, cols = m.In, m.Out

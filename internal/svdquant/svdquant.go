@@ -30,8 +30,8 @@ type Options struct {
 	// GroupSize is the quantization group length along a vector.
 	GroupSize int
 	// SVD selects the truncated SVD route (the zero value is auto: see
-	// linalg.Method).
-	SVD linalg.Method
+	// linalg.Route).
+	SVD linalg.Route
 	// Workers bounds the goroutines measuring and quantizing singular
 	// vectors of this one matrix; < 1 means GOMAXPROCS. The result does not
 	// depend on it.
