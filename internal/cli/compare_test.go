@@ -126,7 +126,7 @@ func TestCompressMethodFlag(t *testing.T) {
 	var sum compressJSON
 	require.NoError(t, json.Unmarshal([]byte(stdout), &sum))
 	assert.Equal(t, "bitdelta", sum.Method)
-	assert.Equal(t, 28, sum.LowRank)
+	assert.Equal(t, 28, sum.Lossy)
 
 	stdout, _, code = execute(t, "inspect", arch)
 	require.Equal(t, ExitOK, code)

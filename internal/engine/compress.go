@@ -66,10 +66,10 @@ type Summary struct {
 	Tensors     int
 	OrigBytes   int64 // the fine-tune's tensor bytes
 	ArchiveSize int64 // the archive file's size
-	// LowRankTensors counts the lossily stored projections (any method);
+	// LossyTensors counts the lossily stored projections (any method);
 	// AggRelError aggregates them: sqrt(sum err^2 / sum |Delta|^2).
-	LowRankTensors int
-	AggRelError    float64
+	LossyTensors int
+	AggRelError  float64
 	// Warnings lists what was reported through Progress.Warn, in order.
 	Warnings []Warning
 }
@@ -162,7 +162,7 @@ func Compress(ctx context.Context, basePath, ftPath, outPath string, opt Compres
 			ev.RelError = rel
 			errSq += (rel * norm) * (rel * norm)
 			normSq += norm * norm
-			sum.LowRankTensors++
+			sum.LossyTensors++
 		}
 		sum.OrigBytes += e.rec.Bytes
 		if rankZero(&e.rec) && !rankZeroAhead(e.rec.Shape, &opt) {

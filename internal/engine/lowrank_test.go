@@ -73,7 +73,7 @@ func TestDeltaCoMeTinyPair(t *testing.T) {
 			arch := filepath.Join(dir, "a.dcm")
 			sum, err := Compress(ctx, tinyBase, tinyFT, arch, deltaOpts(t, tc.ratio, tc.schedule))
 			require.NoError(t, err)
-			assert.Equal(t, 28, sum.LowRankTensors, "4 layers x 7 projections")
+			assert.Equal(t, 28, sum.LossyTensors, "4 layers x 7 projections")
 
 			rep, err := Inspect(arch)
 			require.NoError(t, err)

@@ -56,7 +56,7 @@ func TestMethodRoundTrips(t *testing.T) {
 			arch := filepath.Join(dir, "a.dcm")
 			sum, err := Compress(ctx, tinyBase, tinyFT, arch, methodOpts(t, tc.method, tc.ratio))
 			require.NoError(t, err)
-			assert.Equal(t, 28, sum.LowRankTensors, "4 layers x 7 projections")
+			assert.Equal(t, 28, sum.LossyTensors, "4 layers x 7 projections")
 
 			ar, err := archive.Open(arch)
 			require.NoError(t, err)
