@@ -229,11 +229,7 @@ func (a *loraArchive) checkBase(name string) error {
 func (a *loraArchive) delta(rec *archive.Tensor) ([]float32, error) {
 	rows, cols := int(rec.Shape[0]), int(rec.Shape[1])
 	var blobs [5][]byte
-	roles := []string{archive.RoleU, archive.RoleV}
-	if rec.Kind == archive.KindLowRank {
-		roles = []string{archive.RoleSigma, archive.RoleUCodes, archive.RoleUQParams, archive.RoleVCodes, archive.RoleVQParams}
-	}
-	for j, role := range roles {
+	for j, role := range archive.KindRoles(rec.Kind) { // kind lowrank or lowrank-bf16
 		b, ok := rec.Blob(role)
 		if !ok {
 			return nil, fmt.Errorf("%w: tensor %q: no %s blob", archive.ErrFormat, rec.Name, role)

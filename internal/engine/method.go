@@ -85,10 +85,7 @@ func decodeBaseline(rec *archive.Tensor, bdata []byte, bdt safetensors.DType, bl
 	if int64(rows)*int64(cols)*int64(dt.Size()) != rec.Bytes {
 		return nil, fmt.Errorf("%w: tensor %q: %d bytes recorded for %s %v", archive.ErrFormat, rec.Name, rec.Bytes, rec.DType, rec.Shape)
 	}
-	roles := []string{archive.RoleSigns, archive.RoleScale}
-	if rec.Kind == archive.KindLowRankBF16 {
-		roles = []string{archive.RoleU, archive.RoleV}
-	}
+	roles := archive.KindRoles(rec.Kind) // signs, scale or u, v
 	parts := make([][]byte, len(roles))
 	for i, role := range roles {
 		if parts[i], err = blob(role); err != nil {
