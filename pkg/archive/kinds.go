@@ -41,6 +41,15 @@ var kinds = []kind{
 		base: matrixOverBase, blobs: lowRankBF16Blobs},
 }
 
+// methodKinds maps each method of mode "deltacome" to the kind it stores
+// projections as.
+var methodKinds = map[string]string{
+	"":          KindLowRank,
+	"deltacome": KindLowRank,
+	"bitdelta":  KindBitDelta,
+	"lowrank":   KindLowRankBF16,
+}
+
 // lookupKind returns the entry of storage kind name, and false for an
 // unknown kind.
 func lookupKind(name string) (kind, bool) {

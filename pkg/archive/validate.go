@@ -100,15 +100,6 @@ func (s Settings) lossyKind() (string, bool) {
 	return "", false
 }
 
-// methodKinds maps each method of mode "deltacome" to the kind it stores
-// projections as.
-var methodKinds = map[string]string{
-	"":          KindLowRank,
-	"deltacome": KindLowRank,
-	"bitdelta":  KindBitDelta,
-	"lowrank":   KindLowRankBF16,
-}
-
 // validateFiles checks the names of the files a reconstruction creates:
 // shards, side files and the index.
 func (m *Manifest) validateFiles() error {
