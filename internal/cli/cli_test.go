@@ -41,7 +41,7 @@ func TestCompressInspectReconstruct(t *testing.T) {
 	require.Equal(t, ExitOK, code, stderr)
 	var sum compressJSON
 	require.NoError(t, json.Unmarshal([]byte(stdout), &sum))
-	assert.Equal(t, 28, sum.LowRank)
+	assert.Equal(t, 28, sum.Lossy)
 	fi, err := os.Stat(arch)
 	require.NoError(t, err)
 	assert.Equal(t, fi.Size(), sum.ArchiveSize, "the summary reports the bytes on disk")

@@ -110,18 +110,18 @@ type compareJSON struct {
 	ProjFP16Bytes   int64              `json:"projection_fp16_bytes"`
 	ProjRatio       float64            `json:"projection_ratio"`
 	RelError        float64            `json:"rel_error"`
-	ByKind          map[string]float64 `json:"rel_error_by_kind"`
+	ByRole          map[string]float64 `json:"rel_error_by_kind"`
 }
 
 func toCompareJSON(r *engine.CompareRow) compareJSON {
 	j := compareJSON{Method: r.Method, Ratio: r.Ratio, Archive: r.Archive, ArchiveBytes: r.ArchiveBytes, OrigBytes: r.OrigBytes,
 		FileRatio: float64(r.OrigBytes) / float64(r.ArchiveBytes), Projections: r.Projections, ProjStoredBytes: r.ProjStoredBytes,
-		ProjFP16Bytes: r.ProjFP16Bytes, RelError: r.RelError, ByKind: map[string]float64{}}
+		ProjFP16Bytes: r.ProjFP16Bytes, RelError: r.RelError, ByRole: map[string]float64{}}
 	if r.ProjStoredBytes > 0 {
 		j.ProjRatio = r.ProjRatio()
 	}
-	for _, g := range r.ByKind {
-		j.ByKind[g.Kind] = g.RelError
+	for _, g := range r.ByRole {
+		j.ByRole[g.Role] = g.RelError
 	}
 	return j
 }
@@ -165,26 +165,26 @@ func askedRatio(r *engine.CompareRow) string {
 }
 
 func renderCompare(out io.Writer, rows []engine.CompareRow) error {
-	var kinds []string // union of the kinds present, in report order
-	for _, k := range engine.Roles() {
+	var roles []string // union of the roles present, in report order
+	for _, role := range engine.Roles() {
 		for _, r := range rows {
-			if hasKind(&r, k) {
-				kinds = append(kinds, k)
+			if hasRole(&r, role) {
+				roles = append(roles, role)
 				break
 			}
 		}
 	}
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "method\tratio\tarchive bytes\tfile ratio\tproj. bytes\tproj. ratio\terror\t%s\t\n", strings.Join(kinds, "\t"))
+	fmt.Fprintf(tw, "method\tratio\tarchive bytes\tfile ratio\tproj. bytes\tproj. ratio\terror\t%s\t\n", strings.Join(roles, "\t"))
 	fixed := false
 	for i := range rows {
 		r := &rows[i]
 		fixed = fixed || r.Ratio == 0
-		errs := make([]string, len(kinds))
-		for j, k := range kinds {
+		errs := make([]string, len(roles))
+		for j, role := range roles {
 			errs[j] = "-"
-			for _, g := range r.ByKind {
-				if g.Kind == k {
+			for _, g := range r.ByRole {
+				if g.Role == role {
 					errs[j] = fmt.Sprintf("%.4f", g.RelError)
 				}
 			}
@@ -202,9 +202,9 @@ func renderCompare(out io.Writer, rows []engine.CompareRow) error {
 	return err
 }
 
-func hasKind(r *engine.CompareRow, kind string) bool {
-	for _, g := range r.ByKind {
-		if g.Kind == kind {
+func hasRole(r *engine.CompareRow, role string) bool {
+	for _, g := range r.ByRole {
+		if g.Role == role {
 			return true
 		}
 	}

@@ -15,9 +15,9 @@ import (
 	"github.com/deltacome/deltacome/internal/engine"
 )
 
-// kindErrors recomputes, from an archive's manifest, the aggregate error of
+// roleErrors recomputes, from an archive's manifest, the aggregate error of
 // the lossy tensors whose names contain each projection name.
-func kindErrors(t *testing.T, rep *engine.Report) map[string]float64 {
+func roleErrors(t *testing.T, rep *engine.Report) map[string]float64 {
 	t.Helper()
 	errSq, normSq := map[string]float64{}, map[string]float64{}
 	for _, tt := range rep.Manifest.Tensors {
@@ -64,9 +64,9 @@ func TestCompareTable(t *testing.T) {
 		require.NoError(t, err, "archive kept under its name")
 		assert.Equal(t, strconv.FormatInt(rep.Size, 10), f[2], "archive bytes")
 		assert.Equal(t, fmt.Sprintf("%.4f", rep.Totals.RelError), f[6], "aggregate error")
-		ke := kindErrors(t, rep)
-		for j, k := range []string{"q", "k", "v", "o", "gate", "up", "down"} {
-			assert.Equal(t, fmt.Sprintf("%.4f", ke[k]), f[7+j], "%s error of %s", k, w.file)
+		re := roleErrors(t, rep)
+		for j, role := range []string{"q", "k", "v", "o", "gate", "up", "down"} {
+			assert.Equal(t, fmt.Sprintf("%.4f", re[role]), f[7+j], "%s error of %s", role, w.file)
 		}
 	}
 	assert.Contains(t, stdout, "bitdelta stores 1 bit per weight")
@@ -90,8 +90,8 @@ func TestCompareJSON(t *testing.T) {
 		assert.Equal(t, rep.Size, r.ArchiveBytes)
 		assert.Equal(t, rep.Totals.RelError, r.RelError)
 		assert.Equal(t, 28, r.Projections)
-		for k, e := range kindErrors(t, rep) {
-			assert.InDelta(t, e, r.ByKind[k], 1e-12, k)
+		for role, e := range roleErrors(t, rep) {
+			assert.InDelta(t, e, r.ByRole[role], 1e-12, role)
 		}
 		assert.InDelta(t, float64(r.ProjFP16Bytes)/float64(r.ProjStoredBytes), r.ProjRatio, 1e-12)
 	}
@@ -126,7 +126,7 @@ func TestCompressMethodFlag(t *testing.T) {
 	var sum compressJSON
 	require.NoError(t, json.Unmarshal([]byte(stdout), &sum))
 	assert.Equal(t, "bitdelta", sum.Method)
-	assert.Equal(t, 28, sum.LowRank)
+	assert.Equal(t, 28, sum.Lossy)
 
 	stdout, _, code = execute(t, "inspect", arch)
 	require.Equal(t, ExitOK, code)

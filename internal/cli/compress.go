@@ -91,7 +91,7 @@ func (o *compressOptions) validate() (*engine.CompressOptions, error) {
 	if eo.Schedule, eo.Select, err = o.encodingFlags.parse(); err != nil {
 		return nil, err
 	}
-	if eo.SVD, err = linalg.ParseMethod(o.svd); err != nil {
+	if eo.SVD, err = linalg.ParseRoute(o.svd); err != nil {
 		return nil, usageError{fmt.Errorf("--svd: %w", err)}
 	}
 	return eo, nil
@@ -196,7 +196,7 @@ type compressJSON struct {
 	Mode        string  `json:"mode"`
 	Method      string  `json:"method,omitempty"`
 	Tensors     int     `json:"tensors"`
-	LowRank     int     `json:"lowrank_tensors"`
+	Lossy       int     `json:"lowrank_tensors"`
 	OrigBytes   int64   `json:"original_bytes"`
 	ArchiveSize int64   `json:"archive_bytes"`
 	Ratio       float64 `json:"ratio"`
@@ -220,7 +220,7 @@ func runCompress(ctx context.Context, o *compressOptions, base, ft, out string, 
 	if err != nil {
 		return err
 	}
-	res := compressJSON{Archive: out, Mode: eo.Mode, Method: eo.Method, Tensors: sum.Tensors, LowRank: sum.LowRankTensors,
+	res := compressJSON{Archive: out, Mode: eo.Mode, Method: eo.Method, Tensors: sum.Tensors, Lossy: sum.LossyTensors,
 		OrigBytes: sum.OrigBytes, ArchiveSize: sum.ArchiveSize, Ratio: float64(sum.OrigBytes) / float64(sum.ArchiveSize),
 		RelError: sum.AggRelError, Seconds: time.Since(start).Seconds(), Warnings: append([]engine.Warning{}, sum.Warnings...)}
 	switch {
@@ -232,6 +232,6 @@ func runCompress(ctx context.Context, o *compressOptions, base, ft, out string, 
 		return nil
 	}
 	_, err = fmt.Fprintf(stderr, "%s: %d tensors (%d lossy)\n  original size  %s\n  archive size   %s (measured on disk)\n  ratio          %.2f\n  projection err %.4f\n  time           %.1fs\n",
-		out, res.Tensors, res.LowRank, size(res.OrigBytes), size(res.ArchiveSize), res.Ratio, res.RelError, res.Seconds)
+		out, res.Tensors, res.Lossy, size(res.OrigBytes), size(res.ArchiveSize), res.Ratio, res.RelError, res.Seconds)
 	return err
 }

@@ -59,7 +59,7 @@ func (o *exportLoRAOptions) validate() (*engine.LoRAOptions, error) {
 	if !ok {
 		return nil, usageError{fmt.Errorf("--dtype %q: must be bf16, f16 or f32", o.dtype)}
 	}
-	route, err := linalg.ParseMethod(o.svd)
+	route, err := linalg.ParseRoute(o.svd)
 	if err != nil {
 		return nil, usageError{fmt.Errorf("--svd: %w", err)}
 	}

@@ -8,7 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/deltacome/deltacome/internal/linalg"
-	"github.com/deltacome/deltacome/internal/lowrank"
+	"github.com/deltacome/deltacome/internal/svdquant"
 	"github.com/deltacome/deltacome/pkg/archive"
 )
 
@@ -76,7 +76,7 @@ func runGEMMRate(o *gemmRateOptions, out io.Writer) error {
 			}
 			m, n, k := int(t.Shape[0]), int(t.Shape[1]), t.LowRank.Rank
 			res.CompressFLOPs += linalg.RandomizedFLOPs(m, n, k)
-			res.SVDRankFLOPs += linalg.RandomizedFLOPs(m, n, lowrank.SVDRank(m, n, t.LowRank.GroupSize, t.LowRank.Budget))
+			res.SVDRankFLOPs += linalg.RandomizedFLOPs(m, n, svdquant.SVDRank(m, n, t.LowRank.GroupSize, t.LowRank.Budget))
 			res.ReconstructFLOPs += linalg.ProductFLOPs(m, n, k)
 			res.LowRankTensors++
 		}

@@ -166,7 +166,7 @@ func TestAddedTokensPair(t *testing.T) {
 	require.Equal(t, ExitOK, code, stderr)
 	var sum compressJSON
 	require.NoError(t, json.Unmarshal([]byte(stdout), &sum))
-	assert.Equal(t, 28, sum.LowRank, "the projections are compressed as before")
+	assert.Equal(t, 28, sum.Lossy, "the projections are compressed as before")
 	var warned []string
 	for _, w := range sum.Warnings {
 		if w.Code == engine.WarnShapeChanged {

@@ -45,7 +45,7 @@ type CompareOptions struct {
 // ErrorGroup is the aggregate relative error of a group of projections:
 // sqrt(sum |Delta - Delta_hat|^2 / sum |Delta|^2) over its tensors.
 type ErrorGroup struct {
-	Kind     string
+	Role     string
 	Tensors  int
 	RelError float64
 	errSq    float64
@@ -79,10 +79,10 @@ type CompareRow struct {
 	// per element, the size --ratio divides.
 	Projections                    int
 	ProjStoredBytes, ProjFP16Bytes int64
-	// RelError aggregates all lossy projections; ByKind per Role, in Roles
+	// RelError aggregates all lossy projections; ByRole per Role, in Roles
 	// order, listing only roles present.
 	RelError float64
-	ByKind   []ErrorGroup
+	ByRole   []ErrorGroup
 }
 
 // ProjRatio returns ProjFP16Bytes / ProjStoredBytes, the measured ratio of
@@ -203,16 +203,16 @@ func measureArchive(path string) (*CompareRow, error) {
 		row.ProjStoredBytes += t.StoredBytes()
 		row.ProjFP16Bytes += fp16Bytes(t)
 		all.add(rel, norm)
-		k := Role(t.Name)
-		if groups[k] == nil {
-			groups[k] = &ErrorGroup{Kind: k}
+		role := Role(t.Name)
+		if groups[role] == nil {
+			groups[role] = &ErrorGroup{Role: role}
 		}
-		groups[k].add(rel, norm)
+		groups[role].add(rel, norm)
 	}
 	row.RelError = all.RelError
-	for _, k := range Roles() {
-		if g := groups[k]; g != nil {
-			row.ByKind = append(row.ByKind, *g)
+	for _, role := range Roles() {
+		if g := groups[role]; g != nil {
+			row.ByRole = append(row.ByRole, *g)
 		}
 	}
 	return row, nil

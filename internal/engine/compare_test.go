@@ -98,10 +98,10 @@ func TestCompareTinyPair(t *testing.T) {
 
 		// Seven kinds of four tensors each, and the aggregate is their
 		// norm-weighted combination: it lies between the extremes.
-		require.Len(t, r.ByKind, 7)
+		require.Len(t, r.ByRole, 7)
 		lo, hi := math.Inf(1), 0.0
-		for _, g := range r.ByKind {
-			assert.Equal(t, 4, g.Tensors, g.Kind)
+		for _, g := range r.ByRole {
+			assert.Equal(t, 4, g.Tensors, g.Role)
 			lo, hi = min(lo, g.RelError), max(hi, g.RelError)
 		}
 		assert.GreaterOrEqual(t, r.RelError, lo)

@@ -18,7 +18,7 @@ import (
 	"github.com/deltacome/deltacome/internal/alloc"
 	"github.com/deltacome/deltacome/internal/checkpoint"
 	"github.com/deltacome/deltacome/internal/linalg"
-	"github.com/deltacome/deltacome/internal/lowrank"
+	"github.com/deltacome/deltacome/internal/svdquant"
 	"github.com/deltacome/deltacome/pkg/archive"
 )
 
@@ -46,8 +46,8 @@ type CompressOptions struct {
 	// GroupSize is the quantization group length along each singular vector.
 	GroupSize int
 	// SVD selects the truncated SVD route of each projection (zero value:
-	// auto, see linalg.Method); recorded as Settings.SVD.
-	SVD linalg.Method
+	// auto, see linalg.Route); recorded as Settings.SVD.
+	SVD linalg.Route
 	// Select picks the tensors to low-rank compress.
 	Select *Selector
 	// Workers bounds the tensors processed at once; < 1 means GOMAXPROCS.
@@ -66,10 +66,10 @@ type Summary struct {
 	Tensors     int
 	OrigBytes   int64 // the fine-tune's tensor bytes
 	ArchiveSize int64 // the archive file's size
-	// LowRankTensors counts the lossily stored projections (any method);
+	// LossyTensors counts the lossily stored projections (any method);
 	// AggRelError aggregates them: sqrt(sum err^2 / sum |Delta|^2).
-	LowRankTensors int
-	AggRelError    float64
+	LossyTensors int
+	AggRelError  float64
 	// Warnings lists what was reported through Progress.Warn, in order.
 	Warnings []Warning
 }
@@ -162,7 +162,7 @@ func Compress(ctx context.Context, basePath, ftPath, outPath string, opt Compres
 			ev.RelError = rel
 			errSq += (rel * norm) * (rel * norm)
 			normSq += norm * norm
-			sum.LowRankTensors++
+			sum.LossyTensors++
 		}
 		sum.OrigBytes += e.rec.Bytes
 		if rankZero(&e.rec) && !rankZeroAhead(e.rec.Shape, &opt) {
@@ -332,7 +332,7 @@ func (e *encoded) storeFull(data []byte, dt safetensors.DType) error {
 func (e *encoded) storeLowRank(data []byte, dt safetensors.DType, bdata []byte, bdt safetensors.DType, opt CompressOptions) error {
 	rows, cols := int(e.rec.Shape[0]), int(e.rec.Shape[1])
 	delta := make([]float32, rows*cols)
-	if err := lowrank.Delta(delta, data, dt, bdata, bdt); err != nil {
+	if err := svdquant.Delta(delta, data, dt, bdata, bdt); err != nil {
 		return errorf(ErrInput, "tensor %q: %w", e.rec.Name, err)
 	}
 	switch opt.method() {
@@ -341,7 +341,7 @@ func (e *encoded) storeLowRank(data []byte, dt safetensors.DType, bdata []byte, 
 	case MethodLowRank:
 		return e.storeLowRankBF16(delta, rows, cols, opt.Ratio)
 	}
-	enc, err := lowrank.Encode(delta, rows, cols, lowrank.Options{Ratio: opt.Ratio, Schedule: opt.Schedule, GroupSize: opt.GroupSize, SVD: opt.SVD})
+	enc, err := svdquant.Encode(delta, rows, cols, svdquant.Options{Ratio: opt.Ratio, Schedule: opt.Schedule, GroupSize: opt.GroupSize, SVD: opt.SVD})
 	if err != nil {
 		return fmt.Errorf("tensor %q: %w", e.rec.Name, err)
 	}

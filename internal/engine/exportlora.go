@@ -21,7 +21,7 @@ import (
 	"github.com/deltacome/deltacome/internal/checkpoint"
 	"github.com/deltacome/deltacome/internal/dtype"
 	"github.com/deltacome/deltacome/internal/linalg"
-	"github.com/deltacome/deltacome/internal/lowrank"
+	"github.com/deltacome/deltacome/internal/svdquant"
 	"github.com/deltacome/deltacome/pkg/stfile"
 )
 
@@ -78,7 +78,7 @@ type LoRAOptions struct {
 	// the adapter whole, as PEFT's modules_to_save.
 	ModulesToSave bool
 	// SVD selects the truncated SVD route (zero value: auto).
-	SVD linalg.Method
+	SVD linalg.Route
 	// Workers bounds the tensors processed at once; < 1 sizes the pool from
 	// the cores and memory.
 	Workers int
@@ -799,7 +799,7 @@ const normChunk = 1 << 20
 
 // deltaNormSq returns |ft - base|_F^2 of two float tensors of one shape,
 // converting normChunk elements at a time. Errors wrap
-// lowrank.ErrNonFinite for NaN or Inf.
+// svdquant.ErrNonFinite for NaN or Inf.
 func deltaNormSq(ft []byte, ftDT safetensors.DType, base []byte, baseDT safetensors.DType) (float64, error) {
 	fs, bs := int(ftDT.Size()), int(baseDT.Size())
 	n := len(ft) / fs
@@ -808,7 +808,7 @@ func deltaNormSq(ft []byte, ftDT safetensors.DType, base []byte, baseDT safetens
 	for lo := 0; lo < n; lo += len(buf) {
 		hi := min(lo+len(buf), n)
 		d := buf[:hi-lo]
-		if err := lowrank.Delta(d, ft[lo*fs:hi*fs], ftDT, base[lo*bs:hi*bs], baseDT); err != nil {
+		if err := svdquant.Delta(d, ft[lo*fs:hi*fs], ftDT, base[lo*bs:hi*bs], baseDT); err != nil {
 			return 0, err
 		}
 		for _, x := range d {
@@ -820,9 +820,9 @@ func deltaNormSq(ft []byte, ftDT safetensors.DType, base []byte, baseDT safetens
 
 // factorModule computes the rank-m.Rank factors of one projection's delta
 // ft - base (factorDelta) and fills m's measurements.
-func factorModule(m *LoRAModule, data []byte, dt safetensors.DType, bdata []byte, bdt safetensors.DType, conv1D bool, route linalg.Method, out safetensors.DType) (loraFactors, error) {
+func factorModule(m *LoRAModule, data []byte, dt safetensors.DType, bdata []byte, bdt safetensors.DType, conv1D bool, route linalg.Route, out safetensors.DType) (loraFactors, error) {
 	delta := make([]float32, m.Out*m.In)
-	if err := lowrank.Delta(delta, data, dt, bdata, bdt); err != nil {
+	if err := svdquant.Delta(delta, data, dt, bdata, bdt); err != nil {
 		return loraFactors{}, errorf(ErrInput, "tensor %q: %w", m.Tensor, err)
 	}
 	return factorDelta(m, delta, conv1D, route, out)
@@ -832,7 +832,7 @@ func factorModule(m *LoRAModule, data []byte, dt safetensors.DType, bdata []byte
 // measurements. delta is rows x cols as stored: out x in, or in x out for
 // a Conv1D weight (conv1D), whose factors are those of the transpose. An
 // all-zero delta gives DeltaNorm 0 and no factors.
-func factorDelta(m *LoRAModule, delta []float32, conv1D bool, route linalg.Method, out safetensors.DType) (loraFactors, error) {
+func factorDelta(m *LoRAModule, delta []float32, conv1D bool, route linalg.Route, out safetensors.DType) (loraFactors, error) {
 	rows, cols := m.Out, m.In
 	if conv1D {
 		rows, cols = m.In, m.Out

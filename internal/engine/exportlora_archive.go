@@ -8,8 +8,8 @@ import (
 	"github.com/nlpodyssey/safetensors"
 
 	"github.com/deltacome/deltacome/internal/checkpoint"
-	"github.com/deltacome/deltacome/internal/lora"
-	"github.com/deltacome/deltacome/internal/lowrank"
+	"github.com/deltacome/deltacome/internal/lowrankbf16"
+	"github.com/deltacome/deltacome/internal/svdquant"
 	"github.com/deltacome/deltacome/pkg/archive"
 	"github.com/deltacome/deltacome/pkg/stfile"
 )
@@ -229,11 +229,7 @@ func (a *loraArchive) checkBase(name string) error {
 func (a *loraArchive) delta(rec *archive.Tensor) ([]float32, error) {
 	rows, cols := int(rec.Shape[0]), int(rec.Shape[1])
 	var blobs [5][]byte
-	roles := []string{archive.RoleU, archive.RoleV}
-	if rec.Kind == archive.KindLowRank {
-		roles = []string{archive.RoleSigma, archive.RoleUCodes, archive.RoleUQParams, archive.RoleVCodes, archive.RoleVQParams}
-	}
-	for j, role := range roles {
+	for j, role := range archive.KindRoles(rec.Kind) { // kind lowrank or lowrank-bf16
 		b, ok := rec.Blob(role)
 		if !ok {
 			return nil, fmt.Errorf("%w: tensor %q: no %s blob", archive.ErrFormat, rec.Name, role)
@@ -246,10 +242,10 @@ func (a *loraArchive) delta(rec *archive.Tensor) ([]float32, error) {
 	var d []float32
 	var err error
 	if rec.Kind == archive.KindLowRank {
-		f := lowrank.Factors{Sigma: blobs[0], UCodes: blobs[1], UQParams: blobs[2], VCodes: blobs[3], VQParams: blobs[4]}
+		f := svdquant.Factors{Sigma: blobs[0], UCodes: blobs[1], UQParams: blobs[2], VCodes: blobs[3], VQParams: blobs[4]}
 		d, err = f.Product(rows, cols, rec.LowRank)
 	} else {
-		d, err = lora.Product(blobs[0], blobs[1], rows, cols, rec.LowRankBF16.Rank)
+		d, err = lowrankbf16.Product(blobs[0], blobs[1], rows, cols, rec.LowRankBF16.Rank)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("tensor %q: %w", rec.Name, err)

@@ -19,7 +19,7 @@ import (
 
 	"github.com/deltacome/deltacome/internal/checkpoint"
 	"github.com/deltacome/deltacome/internal/dtype"
-	"github.com/deltacome/deltacome/internal/lowrank"
+	"github.com/deltacome/deltacome/internal/svdquant"
 	"github.com/deltacome/deltacome/pkg/stfile"
 )
 
@@ -182,7 +182,7 @@ func ftDelta(t *testing.T, base, ft *checkpoint.Checkpoint, name string, n int) 
 	bdata, err := base.Data(name)
 	require.NoError(t, err)
 	d := make([]float32, n)
-	require.NoError(t, lowrank.Delta(d, data, w.DType, bdata, bw.DType))
+	require.NoError(t, svdquant.Delta(d, data, w.DType, bdata, bw.DType))
 	return d
 }
 

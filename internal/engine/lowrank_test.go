@@ -12,7 +12,7 @@ import (
 
 	"github.com/deltacome/deltacome/internal/checkpoint"
 	"github.com/deltacome/deltacome/internal/dtype"
-	"github.com/deltacome/deltacome/internal/lowrank"
+	"github.com/deltacome/deltacome/internal/svdquant"
 	"github.com/deltacome/deltacome/pkg/archive"
 )
 
@@ -73,7 +73,7 @@ func TestDeltaCoMeTinyPair(t *testing.T) {
 			arch := filepath.Join(dir, "a.dcm")
 			sum, err := Compress(ctx, tinyBase, tinyFT, arch, deltaOpts(t, tc.ratio, tc.schedule))
 			require.NoError(t, err)
-			assert.Equal(t, 28, sum.LowRankTensors, "4 layers x 7 projections")
+			assert.Equal(t, 28, sum.LossyTensors, "4 layers x 7 projections")
 
 			rep, err := Inspect(arch)
 			require.NoError(t, err)
@@ -83,7 +83,7 @@ func TestDeltaCoMeTinyPair(t *testing.T) {
 				}
 				budget := int64(float64(r.Shape[0]*r.Shape[1]*2) / tc.ratio)
 				assert.LessOrEqual(t, r.StoredBytes(), budget, "tensor %s over budget", r.Name)
-				assert.Equal(t, budget, lowrank.Budget(int(r.Shape[0]), int(r.Shape[1]), tc.ratio))
+				assert.Equal(t, budget, svdquant.Budget(int(r.Shape[0]), int(r.Shape[1]), tc.ratio))
 			}
 
 			out := filepath.Join(dir, "out")

@@ -7,7 +7,7 @@ import (
 	"github.com/nlpodyssey/safetensors"
 
 	"github.com/deltacome/deltacome/internal/bitdelta"
-	"github.com/deltacome/deltacome/internal/lora"
+	"github.com/deltacome/deltacome/internal/lowrankbf16"
 	"github.com/deltacome/deltacome/pkg/archive"
 )
 
@@ -60,7 +60,7 @@ func (e *encoded) storeBitDelta(delta []float32) error {
 // storeLowRankBF16 stores delta as kind lowrank-bf16: bf16 SVD factors of
 // the largest rank within the ratio's budget.
 func (e *encoded) storeLowRankBF16(delta []float32, rows, cols int, ratio float64) error {
-	enc, err := lora.Encode(delta, rows, cols, ratio)
+	enc, err := lowrankbf16.Encode(delta, rows, cols, ratio)
 	if err != nil {
 		return fmt.Errorf("tensor %q: %w", e.rec.Name, err)
 	}
@@ -85,10 +85,7 @@ func decodeBaseline(rec *archive.Tensor, bdata []byte, bdt safetensors.DType, bl
 	if int64(rows)*int64(cols)*int64(dt.Size()) != rec.Bytes {
 		return nil, fmt.Errorf("%w: tensor %q: %d bytes recorded for %s %v", archive.ErrFormat, rec.Name, rec.Bytes, rec.DType, rec.Shape)
 	}
-	roles := []string{archive.RoleSigns, archive.RoleScale}
-	if rec.Kind == archive.KindLowRankBF16 {
-		roles = []string{archive.RoleU, archive.RoleV}
-	}
+	roles := archive.KindRoles(rec.Kind) // signs, scale or u, v
 	parts := make([][]byte, len(roles))
 	for i, role := range roles {
 		if parts[i], err = blob(role); err != nil {
@@ -97,7 +94,7 @@ func decodeBaseline(rec *archive.Tensor, bdata []byte, bdt safetensors.DType, bl
 	}
 	out := alloc(rec.Bytes)
 	if rec.Kind == archive.KindLowRankBF16 {
-		err = lora.Apply(out, dt, bdata, bdt, rows, cols, rec.LowRankBF16, parts[0], parts[1])
+		err = lowrankbf16.Apply(out, dt, bdata, bdt, rows, cols, rec.LowRankBF16, parts[0], parts[1])
 	} else {
 		err = bitdelta.Apply(out, dt, bdata, bdt, parts[0], parts[1])
 	}
@@ -110,7 +107,7 @@ func decodeBaseline(rec *archive.Tensor, bdata []byte, bdt safetensors.DType, bl
 // recordMethod records the method in the archive settings and clears the
 // settings that do not apply to it: BitDelta has no ratio, schedule, group
 // size or SVD; plain low rank has no schedule or group size and always
-// takes the exact SVD (internal/lora).
+// takes the exact SVD (internal/lowrankbf16).
 func (opt *CompressOptions) recordMethod(s *archive.Settings) {
 	s.Method = opt.method()
 	switch s.Method {

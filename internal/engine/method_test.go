@@ -14,8 +14,8 @@ import (
 
 	"github.com/deltacome/deltacome/internal/bitdelta"
 	"github.com/deltacome/deltacome/internal/dtype"
-	"github.com/deltacome/deltacome/internal/lora"
-	"github.com/deltacome/deltacome/internal/lowrank"
+	"github.com/deltacome/deltacome/internal/lowrankbf16"
+	"github.com/deltacome/deltacome/internal/svdquant"
 	"github.com/deltacome/deltacome/pkg/archive"
 )
 
@@ -56,7 +56,7 @@ func TestMethodRoundTrips(t *testing.T) {
 			arch := filepath.Join(dir, "a.dcm")
 			sum, err := Compress(ctx, tinyBase, tinyFT, arch, methodOpts(t, tc.method, tc.ratio))
 			require.NoError(t, err)
-			assert.Equal(t, 28, sum.LowRankTensors, "4 layers x 7 projections")
+			assert.Equal(t, 28, sum.LossyTensors, "4 layers x 7 projections")
 
 			ar, err := archive.Open(arch)
 			require.NoError(t, err)
@@ -103,9 +103,9 @@ func TestMethodRoundTrips(t *testing.T) {
 					}
 					assert.Equal(t, float32(abs/float64(len(hat))), scale, "%s: scale is mean |Delta|", r.Name)
 				case archive.KindLowRankBF16:
-					assert.LessOrEqual(t, r.StoredBytes(), lowrank.Budget(rows, cols, tc.ratio), "%s over budget", r.Name)
-					assert.Equal(t, lora.Cost(rows, cols, r.LowRankBF16.Rank), r.StoredBytes())
-					hat, err = lora.Product(blob(archive.RoleU), blob(archive.RoleV), rows, cols, r.LowRankBF16.Rank)
+					assert.LessOrEqual(t, r.StoredBytes(), svdquant.Budget(rows, cols, tc.ratio), "%s over budget", r.Name)
+					assert.Equal(t, lowrankbf16.Cost(rows, cols, r.LowRankBF16.Rank), r.StoredBytes())
+					hat, err = lowrankbf16.Product(blob(archive.RoleU), blob(archive.RoleV), rows, cols, r.LowRankBF16.Rank)
 					require.NoError(t, err)
 				}
 				w := make([]float32, rows*cols)

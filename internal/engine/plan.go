@@ -12,7 +12,7 @@ import (
 	"github.com/deltacome/deltacome/internal/bitdelta"
 	"github.com/deltacome/deltacome/internal/checkpoint"
 	"github.com/deltacome/deltacome/internal/dtype"
-	"github.com/deltacome/deltacome/internal/lowrank"
+	"github.com/deltacome/deltacome/internal/svdquant"
 	"github.com/deltacome/deltacome/pkg/archive"
 	"github.com/deltacome/deltacome/pkg/stfile"
 )
@@ -182,10 +182,10 @@ func Plan(basePath, ftPath string, opt CompressOptions) (*CompressPlan, error) {
 				const scaleBytes = 4 // one float32 scale per matrix
 				pt.Kind, pt.MaxBytes = archive.KindBitDelta, int64(bitdelta.PackedLen(rows*cols))+scaleBytes
 			case MethodLowRank:
-				pt.Kind, pt.Budget = archive.KindLowRankBF16, lowrank.Budget(rows, cols, opt.Ratio)
+				pt.Kind, pt.Budget = archive.KindLowRankBF16, svdquant.Budget(rows, cols, opt.Ratio)
 				pt.MaxBytes = pt.Budget
 			default:
-				pt.Kind, pt.Budget = archive.KindLowRank, lowrank.Budget(rows, cols, opt.Ratio)
+				pt.Kind, pt.Budget = archive.KindLowRank, svdquant.Budget(rows, cols, opt.Ratio)
 				pt.MaxBytes = pt.Budget
 			}
 		case classFull:
@@ -224,15 +224,6 @@ func Plan(basePath, ftPath string, opt CompressOptions) (*CompressPlan, error) {
 	return p, nil
 }
 
-// planRoles lists the blob roles Compress writes for each planned kind.
-var planRoles = map[string][]string{
-	archive.KindLowRank:     {archive.RoleSigma, archive.RoleUCodes, archive.RoleUQParams, archive.RoleVCodes, archive.RoleVQParams},
-	archive.KindBitDelta:    {archive.RoleSigns, archive.RoleScale},
-	archive.KindLowRankBF16: {archive.RoleU, archive.RoleV},
-	archive.KindFull:        {archive.RoleData},
-	PlanSameOrXOR:           {archive.RoleXOR},
-}
-
 // estimateHeader builds the manifest and blob entries Compress would write,
 // with placeholder checksums and each low-rank tensor's bands as one entry,
 // and returns the encoded header's size.
@@ -256,10 +247,10 @@ func estimateHeader(base, ft *checkpoint.Checkpoint, side []checkpoint.SideFile,
 	for _, pt := range p.Tensors {
 		t, _ := ft.Tensor(pt.Name)
 		rec := archive.Tensor{Name: pt.Name, DType: pt.DType, Shape: pt.Shape, Shard: t.Shard, Kind: pt.Kind, Bytes: pt.OrigBytes, SHA256: hash}
-		roles := planRoles[pt.Kind]
 		if pt.Kind == PlanSameOrXOR {
 			rec.Kind = archive.KindXOR
 		}
+		roles := archive.KindRoles(rec.Kind)
 		switch pt.Kind {
 		case archive.KindLowRank:
 			rec.LowRank = &archive.LowRank{Rank: 1, Bands: []archive.Band{{Bits: 8, Count: 1}}, GroupSize: opt.GroupSize,

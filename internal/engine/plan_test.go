@@ -9,7 +9,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/deltacome/deltacome/internal/lowrank"
+	"github.com/deltacome/deltacome/internal/svdquant"
 	"github.com/deltacome/deltacome/pkg/archive"
 )
 
@@ -43,7 +43,7 @@ func TestPlanBoundsCompress(t *testing.T) {
 					assert.Contains(t, []string{archive.KindSame, archive.KindXOR}, rec.Kind, pt.Name)
 				case archive.KindLowRank:
 					assert.Contains(t, []string{archive.KindSame, archive.KindLowRank}, rec.Kind, pt.Name)
-					assert.Equal(t, lowrank.Budget(int(pt.Shape[0]), int(pt.Shape[1]), tc.opt.Ratio), pt.Budget)
+					assert.Equal(t, svdquant.Budget(int(pt.Shape[0]), int(pt.Shape[1]), tc.opt.Ratio), pt.Budget)
 				default:
 					assert.Equal(t, pt.Kind, rec.Kind, pt.Name)
 				}

@@ -13,7 +13,7 @@ import (
 	"github.com/nlpodyssey/safetensors"
 
 	"github.com/deltacome/deltacome/internal/checkpoint"
-	"github.com/deltacome/deltacome/internal/lowrank"
+	"github.com/deltacome/deltacome/internal/svdquant"
 	"github.com/deltacome/deltacome/pkg/archive"
 	"github.com/deltacome/deltacome/pkg/stfile"
 )
@@ -346,25 +346,21 @@ func decodeTensor(ar *archive.Reader, base *checkpoint.Checkpoint, rec *archive.
 	case archive.KindBitDelta, archive.KindLowRankBF16:
 		return decodeBaseline(rec, bdata, bdt, blob, alloc)
 	case archive.KindLowRank:
-		var f lowrank.Factors
-		parts := []struct {
-			role string
-			dst  *[]byte
-		}{{archive.RoleSigma, &f.Sigma}, {archive.RoleUCodes, &f.UCodes}, {archive.RoleUQParams, &f.UQParams},
-			{archive.RoleVCodes, &f.VCodes}, {archive.RoleVQParams, &f.VQParams}}
-		for _, p := range parts {
-			data, err := blob(p.role)
+		var parts [5][]byte // sigma, u.codes, u.qparams, v.codes, v.qparams
+		for i, role := range archive.KindRoles(archive.KindLowRank) {
+			data, err := blob(role)
 			if err != nil {
 				return nil, err
 			}
-			*p.dst = data
+			parts[i] = data
 		}
+		f := svdquant.Factors{Sigma: parts[0], UCodes: parts[1], UQParams: parts[2], VCodes: parts[3], VQParams: parts[4]}
 		dt, err := safetensors.ParseDType(rec.DType)
 		if err != nil || len(rec.Shape) != 2 {
 			return nil, fmt.Errorf("%w: tensor %q: low-rank record with dtype %s shape %v", archive.ErrFormat, rec.Name, rec.DType, rec.Shape)
 		}
 		out = alloc(rec.Bytes)
-		if err := lowrank.Apply(out, dt, bdata, bdt, int(rec.Shape[0]), int(rec.Shape[1]), rec.LowRank, &f); err != nil {
+		if err := svdquant.Apply(out, dt, bdata, bdt, int(rec.Shape[0]), int(rec.Shape[1]), rec.LowRank, &f); err != nil {
 			return nil, fmt.Errorf("tensor %q: %w", rec.Name, err)
 		}
 		return out, nil

@@ -7,8 +7,8 @@ import (
 
 	"github.com/deltacome/deltacome/internal/alloc"
 	"github.com/deltacome/deltacome/internal/checkpoint"
-	"github.com/deltacome/deltacome/internal/lora"
-	"github.com/deltacome/deltacome/internal/lowrank"
+	"github.com/deltacome/deltacome/internal/lowrankbf16"
+	"github.com/deltacome/deltacome/internal/svdquant"
 	"github.com/deltacome/deltacome/pkg/archive"
 )
 
@@ -162,12 +162,12 @@ func rankZeroAhead(shape []uint64, opt *CompressOptions) bool {
 	if rows == 0 || cols == 0 {
 		return false
 	}
-	budget := lowrank.Budget(rows, cols, opt.Ratio)
+	budget := svdquant.Budget(rows, cols, opt.Ratio)
 	switch opt.method() {
 	case MethodBitDelta:
 		return false
 	case MethodLowRank:
-		return lora.Cost(rows, cols, 1) > budget
+		return lowrankbf16.Cost(rows, cols, 1) > budget
 	}
 	return alloc.Cost(rows, cols, opt.GroupSize, []int{1}) > budget
 }

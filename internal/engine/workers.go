@@ -4,7 +4,7 @@ import (
 	"runtime"
 
 	"github.com/deltacome/deltacome/internal/checkpoint"
-	"github.com/deltacome/deltacome/internal/lowrank"
+	"github.com/deltacome/deltacome/internal/svdquant"
 	"github.com/deltacome/deltacome/pkg/archive"
 )
 
@@ -16,7 +16,7 @@ const workerMemory = 768 << 20
 
 // defaultWorkers sizes the compress pool from the cores and from the
 // largest 2-D tensor of ft: each worker holds one tensor's delta (4 bytes
-// per element) and its encoding working set (lowrank.WorkingSetBytes). At
+// per element) and its encoding working set (svdquant.WorkingSetBytes). At
 // least one worker, at most GOMAXPROCS; with a BLAS that already uses every
 // core a single large tensor keeps the machine busy.
 func defaultWorkers(ft *checkpoint.Checkpoint) int {
@@ -27,14 +27,14 @@ func defaultWorkers(ft *checkpoint.Checkpoint) int {
 			continue
 		}
 		rows, cols := int(t.Shape[0]), int(t.Shape[1])
-		largest = max(largest, 4*int64(rows)*int64(cols)+lowrank.WorkingSetBytes(rows, cols))
+		largest = max(largest, 4*int64(rows)*int64(cols)+svdquant.WorkingSetBytes(rows, cols))
 	}
 	return poolSize(largest)
 }
 
 // reconstructWorkers sizes the reconstruct pool the same way: a tensor in
 // flight holds its output bytes; a Delta-CoMe one also its decoded factors
-// in float32 (lowrank.Apply forms the product a block of rows at a time),
+// in float32 (svdquant.Apply forms the product a block of rows at a time),
 // a BitDelta or low-rank-bf16 one the base and the delta in float32 (at most
 // 12 bytes per element in all).
 func reconstructWorkers(m *archive.Manifest) int {

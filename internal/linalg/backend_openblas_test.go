@@ -75,7 +75,7 @@ func TestRandomizedLargeRitz(t *testing.T) {
 	opt.Oversample = 2900 - rank
 	d, err := Randomized(a, rows, cols, rank, opt)
 	require.NoError(t, err)
-	assert.Equal(t, MethodRandomized, d.Route)
+	assert.Equal(t, RouteRandomized, d.Route)
 	assert.Empty(t, d.Fallback)
 	exact, err := Exact(a, rows, cols, rank)
 	require.NoError(t, err)

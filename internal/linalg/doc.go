@@ -14,7 +14,7 @@
 // Randomized, a block Krylov method (Musco and Musco, 2015, within the
 // randomized framework of Halko, Martinsson and Tropp, 2011) on the float32
 // Gram matrix, whose products run in float32 and whose orthonormalisations
-// run in float64. Truncated picks one by Method. The randomized route
+// run in float64. Truncated picks one by Route. The randomized route
 // checks its float32 arithmetic for breakdown and then falls back to float64
 // (see Randomized); SVD.Route and SVD.Fallback say which route computed a
 // result and why it was not the one asked for.

@@ -129,17 +129,17 @@ func TestRandomizedErrors(t *testing.T) {
 	assert.ErrorIs(t, err, ErrNotFinite)
 }
 
-func TestMethod(t *testing.T) {
-	for _, m := range []Method{MethodAuto, MethodExact, MethodRandomized} {
-		got, err := ParseMethod(m.String())
+func TestRoute(t *testing.T) {
+	for _, m := range []Route{RouteAuto, RouteExact, RouteRandomized} {
+		got, err := ParseRoute(m.String())
 		require.NoError(t, err)
 		assert.Equal(t, m, got)
 	}
-	_, err := ParseMethod("fast")
-	assert.ErrorIs(t, err, ErrBadMethod)
-	assert.Equal(t, MethodExact, MethodAuto.Resolve(AutoMinDim-1, 1<<14))
-	assert.Equal(t, MethodRandomized, MethodAuto.Resolve(AutoMinDim, AutoMinDim))
-	assert.Equal(t, MethodExact, MethodExact.Resolve(1<<14, 1<<14))
+	_, err := ParseRoute("fast")
+	assert.ErrorIs(t, err, ErrBadRoute)
+	assert.Equal(t, RouteExact, RouteAuto.Resolve(AutoMinDim-1, 1<<14))
+	assert.Equal(t, RouteRandomized, RouteAuto.Resolve(AutoMinDim, AutoMinDim))
+	assert.Equal(t, RouteExact, RouteExact.Resolve(1<<14, 1<<14))
 }
 
 func TestMulMatchesNaive(t *testing.T) {
@@ -220,14 +220,14 @@ func TestRandomizedBreakdown(t *testing.T) {
 		scale      int // the input is a times 2^scale
 		eig32      func(int, int, []float32, []float32) bool
 		eig64      func(int, int, []float32, []float32) bool
-		wantRoute  Method
+		wantRoute  Route
 		wantReason string
 	}{
-		{"Gram matrix overflows", 70, symEigDense32, symEigFloat64, MethodExact, "out of range"},
-		{"Gram matrix underflows", -80, symEigDense32, symEigFloat64, MethodExact, "out of range"},
-		{"float32 eigensolver fails", 0, fail, symEigFloat64, MethodRandomized, "solved in float64"},
-		{"both eigensolvers fail", 0, fail, fail, MethodExact, "float32 and float64 eigensolvers failed"},
-		{"Ritz vectors not unit", 0, unnormalised, symEigFloat64, MethodExact, "lost orthogonality"},
+		{"Gram matrix overflows", 70, symEigDense32, symEigFloat64, RouteExact, "out of range"},
+		{"Gram matrix underflows", -80, symEigDense32, symEigFloat64, RouteExact, "out of range"},
+		{"float32 eigensolver fails", 0, fail, symEigFloat64, RouteRandomized, "solved in float64"},
+		{"both eigensolvers fail", 0, fail, fail, RouteExact, "float32 and float64 eigensolvers failed"},
+		{"Ritz vectors not unit", 0, unnormalised, symEigFloat64, RouteExact, "lost orthogonality"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ritzEig32, ritzEig64 = tc.eig32, tc.eig64
@@ -241,7 +241,7 @@ func TestRandomizedBreakdown(t *testing.T) {
 			again, err := Randomized(in, rows, cols, rank, DefaultRandomized())
 			require.NoError(t, err)
 			assert.Equal(t, d, again, "the fallback is deterministic")
-			if tc.wantRoute == MethodExact {
+			if tc.wantRoute == RouteExact {
 				exact, err := Exact(in, rows, cols, rank)
 				require.NoError(t, err)
 				assert.Equal(t, exact.S, d.S)
@@ -265,10 +265,10 @@ func TestRandomizedReportsRoute(t *testing.T) {
 	a := slowSpectrum(rng, 200, 330, 50, 0.2)
 	for _, tc := range []struct {
 		rank int
-		want Method
+		want Route
 	}{
-		{40, MethodRandomized},
-		{150, MethodExact}, // the search space would span the short side
+		{40, RouteRandomized},
+		{150, RouteExact}, // the search space would span the short side
 	} {
 		d, err := Randomized(a, 200, 330, tc.rank, DefaultRandomized())
 		require.NoError(t, err)

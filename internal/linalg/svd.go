@@ -44,10 +44,10 @@ type SVD struct {
 	S []float32
 	// V holds the Rank right singular vectors, Cols entries each.
 	V []float32
-	// Route is the route that computed the factors: MethodExact or
-	// MethodRandomized. The randomized route hands a problem to the exact
+	// Route is the route that computed the factors: RouteExact or
+	// RouteRandomized. The randomized route hands a problem to the exact
 	// one when its search space would span the short side, or on breakdown.
-	Route Method
+	Route Route
 	// Fallback is empty when the route asked for ran as designed; otherwise
 	// it says what broke down and what computed the factors instead (see
 	// Randomized). Like the factors, it depends only on the input and the
@@ -140,7 +140,7 @@ type triplets struct {
 
 // finish orders the triplets by non-increasing singular value (stable, so ties
 // keep the route's order), drops those not above zeroTol, applies the sign
-// convention and converts to the float32 result of Route MethodExact. The
+// convention and converts to the float32 result of Route RouteExact. The
 // float64 routes end here.
 func finish(t triplets, rows, cols int, zeroTol float64) *SVD {
 	idx := make([]int, len(t.s))
@@ -161,7 +161,7 @@ func finish(t triplets, rows, cols int, zeroTol float64) *SVD {
 		k++
 	}
 	d := &SVD{
-		Rows: rows, Cols: cols, Rank: k, Route: MethodExact,
+		Rows: rows, Cols: cols, Rank: k, Route: RouteExact,
 		U: make([]float32, k*rows),
 		S: make([]float32, k),
 		V: make([]float32, k*cols),
@@ -223,7 +223,7 @@ func normalize(x []float64) float64 {
 // u holds len(s) left vectors of rows entries back to back, v as many right
 // vectors of cols entries. It orders by non-increasing s (stable), drops the
 // values not above zeroTol and applies the sign convention, reusing u and v
-// when no reordering is needed. The result's Route is MethodRandomized, the
+// when no reordering is needed. The result's Route is RouteRandomized, the
 // route that ends here.
 func finish32(u, v []float32, s []float64, rows, cols int, zeroTol float64) *SVD {
 	idx := make([]int, len(s))
@@ -243,7 +243,7 @@ func finish32(u, v []float32, s []float64, rows, cols int, zeroTol float64) *SVD
 	for k < len(idx) && s[idx[k]] > zeroTol {
 		k++
 	}
-	d := &SVD{Rows: rows, Cols: cols, Rank: k, S: make([]float32, k), Route: MethodRandomized}
+	d := &SVD{Rows: rows, Cols: cols, Rank: k, S: make([]float32, k), Route: RouteRandomized}
 	if slices.IsSorted(idx[:k]) { // identity order: keep the buffers
 		d.U, d.V = u[:k*rows:k*rows], v[:k*cols:k*cols]
 	} else {

@@ -1,6 +1,7 @@
 package archive
 
 import (
+	"path/filepath"
 	"testing"
 
 	"github.com/nlpodyssey/safetensors"
@@ -83,4 +84,35 @@ func TestLossyKindsRejects(t *testing.T) {
 			require.ErrorIs(t, err, ErrFormat)
 		})
 	}
+}
+
+// TestKindTable checks that each kind's blob specs carry the roles its
+// table entry lists, in order, on every tensor of the test vectors (which
+// hold every kind), so that the table is the one list of roles.
+func TestKindTable(t *testing.T) {
+	seen := map[string]bool{}
+	for _, name := range []string{"deltacome.dcm", "bitdelta.dcm", "lowrank.dcm"} {
+		r, err := Open(filepath.Join("..", "..", "testdata", "vectors", name))
+		require.NoError(t, err)
+		for i := range r.Manifest.Tensors {
+			tn := &r.Manifest.Tensors[i]
+			k, ok := lookupKind(tn.Kind)
+			require.True(t, ok, tn.Kind)
+			specs, err := k.blobs(tn.Name, tn)
+			require.NoError(t, err)
+			var roles []string
+			for _, s := range specs {
+				roles = append(roles, s.role)
+			}
+			assert.Equal(t, KindRoles(tn.Kind), roles, "%s: %s", name, tn.Name)
+			assert.Equal(t, KindLossy(tn.Kind), tn.LowRank != nil || tn.BitDelta != nil || tn.LowRankBF16 != nil, tn.Name)
+			seen[tn.Kind] = true
+		}
+		require.NoError(t, r.Close())
+	}
+	for _, k := range kinds {
+		assert.True(t, seen[k.name], "the test vectors hold no tensor of kind %s", k.name)
+	}
+	assert.Nil(t, KindRoles("nonesuch"))
+	assert.False(t, KindLossy("nonesuch"))
 }

@@ -100,15 +100,6 @@ func (s Settings) lossyKind() (string, bool) {
 	return "", false
 }
 
-// methodKinds maps each method of mode "deltacome" to the kind it stores
-// projections as.
-var methodKinds = map[string]string{
-	"":          KindLowRank,
-	"deltacome": KindLowRank,
-	"bitdelta":  KindBitDelta,
-	"lowrank":   KindLowRankBF16,
-}
-
 // validateFiles checks the names of the files a reconstruction creates:
 // shards, side files and the index.
 func (m *Manifest) validateFiles() error {
@@ -220,7 +211,7 @@ func (m *Manifest) validateTensors() error {
 		if t.Bytes != n {
 			return refuse(what, "bytes", "%d, but %s %v holds %d", t.Bytes, t.DType, t.Shape, n)
 		}
-		k, ok := kinds[t.Kind]
+		k, ok := lookupKind(t.Kind)
 		if !ok {
 			return refuse(what, "kind", "unknown storage kind %q", t.Kind)
 		}
@@ -239,49 +230,6 @@ func (m *Manifest) validateTensors() error {
 		}
 		if err := checkBlobs(what, t.Blobs, specs); err != nil {
 			return err
-		}
-	}
-	return nil
-}
-
-// kind describes what the format requires of one storage kind.
-type kind struct {
-	// lossy kinds are written only by the method that makes them.
-	lossy bool
-	// base checks the tensor against its base record (nil when the base
-	// has no tensor of that name).
-	base func(what string, t *Tensor, bt *BaseTensor) error
-	// blobs checks the kind's record and returns the blobs it implies.
-	blobs func(what string, t *Tensor) ([]blobSpec, error)
-}
-
-// kinds are the storage kinds this reader knows.
-var kinds = map[string]kind{
-	KindSame:        {base: sameAsBase, blobs: func(string, *Tensor) ([]blobSpec, error) { return nil, nil }},
-	KindXOR:         {base: likeBase, blobs: exactBlob(RoleXOR)},
-	KindFull:        {base: func(string, *Tensor, *BaseTensor) error { return nil }, blobs: exactBlob(RoleData)},
-	KindLowRank:     {lossy: true, base: matrixOverBase, blobs: lowRankBlobs},
-	KindBitDelta:    {lossy: true, base: matrixOverBase, blobs: bitDeltaBlobs},
-	KindLowRankBF16: {lossy: true, base: matrixOverBase, blobs: lowRankBF16Blobs},
-}
-
-// validateRecords checks that t carries the description record of its
-// kind, and only that one.
-func validateRecords(what string, t *Tensor) error {
-	records := []struct {
-		kind, field string
-		present     bool
-	}{
-		{KindLowRank, "lowrank", t.LowRank != nil},
-		{KindBitDelta, "bitdelta", t.BitDelta != nil},
-		{KindLowRankBF16, "lowrank_bf16", t.LowRankBF16 != nil},
-	}
-	for _, r := range records {
-		switch want := r.kind == t.Kind; {
-		case r.present && !want:
-			return refuse(what, r.field, "present on a tensor of kind %s", t.Kind)
-		case want && !r.present:
-			return refuse(what, r.field, "missing on a tensor of kind %s", t.Kind)
 		}
 	}
 	return nil
@@ -607,7 +555,8 @@ func (m *Manifest) validateBlobRefs(file map[string]stfile.Info) error {
 	}
 	for i := range m.Tensors {
 		t := &m.Tensors[i]
-		specs, _ := kinds[t.Kind].blobs("", t) // checked by validateTensors
+		k, _ := lookupKind(t.Kind)
+		specs, _ := k.blobs("", t) // checked by validateTensors
 		for _, s := range specs {
 			b, _ := t.Blob(s.role)
 			if err := ref(fmt.Sprintf("tensor %q", t.Name), b, s); err != nil {

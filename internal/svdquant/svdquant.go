@@ -1,4 +1,4 @@
-package lowrank
+package svdquant
 
 import (
 	"encoding/binary"
@@ -30,8 +30,8 @@ type Options struct {
 	// GroupSize is the quantization group length along a vector.
 	GroupSize int
 	// SVD selects the truncated SVD route (the zero value is auto: see
-	// linalg.Method).
-	SVD linalg.Method
+	// linalg.Route).
+	SVD linalg.Route
 	// Workers bounds the goroutines measuring and quantizing singular
 	// vectors of this one matrix; < 1 means GOMAXPROCS. The result does not
 	// depend on it.
@@ -160,7 +160,7 @@ func Encode(delta []float32, rows, cols int, opt Options) (*Encoded, error) {
 	m := newMeasurer(svd, g, opt.Workers)
 	plan := opt.Schedule.Plan(alloc.Problem{Rows: rows, Cols: cols, GroupSize: g, Budget: budget, Sigma: sigma, Err: m.err})
 	if plan.Bytes > budget {
-		panic(fmt.Sprintf("lowrank: plan of %d bytes over budget %d", plan.Bytes, budget))
+		panic(fmt.Sprintf("svdquant: plan of %d bytes over budget %d", plan.Bytes, budget))
 	}
 	e.Factors = m.encode(plan.Bits)
 	e.Record.Rank = len(plan.Bits)
@@ -173,7 +173,7 @@ func Encode(delta []float32, rows, cols int, opt Options) (*Encoded, error) {
 
 	errSq, err := residualSq(delta, rows, cols, &e.Factors, &e.Record)
 	if err != nil {
-		panic(fmt.Sprintf("lowrank: decoding what was just encoded: %v", err))
+		panic(fmt.Sprintf("svdquant: decoding what was just encoded: %v", err))
 	}
 	e.Record.RelError = math.Sqrt(errSq / normSq)
 	return e, nil

@@ -1,4 +1,4 @@
-// Package lora encodes the delta of one linear projection as plain
+// Package lowrankbf16 encodes the delta of one linear projection as plain
 // truncated-SVD factors in bfloat16 and decodes it back: what LoRA
 // extraction tools (mergekit-extract-lora, LoRD) keep, and the "low-rank
 // only" baseline of the Delta-CoMe paper (arXiv 2406.08903, section 4).
@@ -9,4 +9,4 @@
 // whose factors fit the matrix's byte budget, Cost(rows, cols, r) =
 // 2 r (rows + cols) bytes <= fp16 size / ratio; there is no quantization and
 // no per-vector overhead.
-package lora
+package lowrankbf16

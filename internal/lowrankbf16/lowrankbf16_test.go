@@ -1,4 +1,4 @@
-package lora
+package lowrankbf16
 
 import (
 	"math"
@@ -10,7 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/deltacome/deltacome/internal/dtype"
-	"github.com/deltacome/deltacome/internal/lowrank"
+	"github.com/deltacome/deltacome/internal/svdquant"
 	"github.com/deltacome/deltacome/pkg/archive"
 )
 
@@ -86,7 +86,7 @@ func TestEncode(t *testing.T) {
 			e, err := Encode(delta, tc.rows, tc.cols, tc.ratio)
 			require.NoError(t, err)
 			rec := e.Record
-			budget := lowrank.Budget(tc.rows, tc.cols, tc.ratio)
+			budget := svdquant.Budget(tc.rows, tc.cols, tc.ratio)
 			assert.Equal(t, budget, rec.Budget)
 			if tc.noise == 0 {
 				// Exact keeps no numerically zero singular values.

@@ -1,4 +1,4 @@
-package lora
+package lowrankbf16
 
 import (
 	"encoding/binary"
@@ -11,7 +11,7 @@ import (
 
 	"github.com/deltacome/deltacome/internal/dtype"
 	"github.com/deltacome/deltacome/internal/linalg"
-	"github.com/deltacome/deltacome/internal/lowrank"
+	"github.com/deltacome/deltacome/internal/svdquant"
 	"github.com/deltacome/deltacome/pkg/archive"
 )
 
@@ -44,11 +44,11 @@ type Encoded struct {
 
 // Encode stores delta (row-major rows x cols, finite) as the bf16 factors of
 // its truncated SVD (linalg.Exact) at the largest rank within
-// lowrank.Budget(rows, cols, ratio) bytes, and records the relative error
+// svdquant.Budget(rows, cols, ratio) bytes, and records the relative error
 // of what Product gives back. An all-zero delta, or a budget too small for
 // one pair, gets rank 0 (error 0 and 1 respectively).
 func Encode(delta []float32, rows, cols int, ratio float64) (*Encoded, error) {
-	budget := lowrank.Budget(rows, cols, ratio)
+	budget := svdquant.Budget(rows, cols, ratio)
 	var normSq float64
 	for _, d := range delta {
 		normSq += float64(d) * float64(d)
@@ -85,7 +85,7 @@ func Encode(delta []float32, rows, cols int, ratio float64) (*Encoded, error) {
 
 	hat, err := Product(e.U, e.V, rows, cols, r)
 	if err != nil {
-		panic(fmt.Sprintf("lora: decoding what was just encoded: %v", err))
+		panic(fmt.Sprintf("lowrankbf16: decoding what was just encoded: %v", err))
 	}
 	var errSq float64
 	for i, d := range delta {

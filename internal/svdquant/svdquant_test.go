@@ -1,4 +1,4 @@
-package lowrank
+package svdquant
 
 import (
 	"encoding/binary"
@@ -48,12 +48,12 @@ func testDelta(rng *rand.Rand, rows, cols, r int) []float32 {
 func TestEncodeRoundTrip(t *testing.T) {
 	for _, tc := range []struct {
 		rows, cols int
-		svd        linalg.Method
+		svd        linalg.Route
 	}{
-		{96, 160, linalg.MethodExact},
-		{160, 96, linalg.MethodExact},
-		{256, 512, linalg.MethodRandomized},
-		{512, 256, linalg.MethodRandomized},
+		{96, 160, linalg.RouteExact},
+		{160, 96, linalg.RouteExact},
+		{256, 512, linalg.RouteRandomized},
+		{512, 256, linalg.RouteRandomized},
 	} {
 		t.Run(fmt.Sprintf("%dx%d_%v", tc.rows, tc.cols, tc.svd), func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(uint64(tc.rows), uint64(tc.cols)))
@@ -84,7 +84,7 @@ func TestEncodeWorkersIdentical(t *testing.T) {
 	delta := testDelta(rng, rows, cols, 64)
 	var first *Encoded
 	for _, w := range []int{1, 2, 3} {
-		enc, err := Encode(delta, rows, cols, Options{Ratio: 4, GroupSize: 128, SVD: linalg.MethodExact, Workers: w})
+		enc, err := Encode(delta, rows, cols, Options{Ratio: 4, GroupSize: 128, SVD: linalg.RouteExact, Workers: w})
 		require.NoError(t, err)
 		if first == nil {
 			first = enc
@@ -192,7 +192,7 @@ func BenchmarkEncode(b *testing.B) {
 		{4096, 11008, true},
 	}
 	for _, sh := range ladder {
-		for _, m := range []linalg.Method{linalg.MethodExact, linalg.MethodRandomized} {
+		for _, m := range []linalg.Route{linalg.RouteExact, linalg.RouteRandomized} {
 			b.Run(fmt.Sprintf("%dx%d/%v", sh.rows, sh.cols, m), func(b *testing.B) {
 				if sh.large && testing.Short() {
 					b.Skip("large shape skipped under -short")
@@ -256,7 +256,7 @@ func TestRandomizedWithinErrorTarget(t *testing.T) {
 		rng := rand.New(rand.NewPCG(3, 4))
 		delta := testDelta(rng, sh[0], sh[1], 256)
 		var errs [2]float64
-		for i, m := range []linalg.Method{linalg.MethodExact, linalg.MethodRandomized} {
+		for i, m := range []linalg.Route{linalg.RouteExact, linalg.RouteRandomized} {
 			enc, err := Encode(delta, sh[0], sh[1], Options{Ratio: 16, GroupSize: 128, SVD: m})
 			require.NoError(t, err)
 			errs[i] = enc.Record.RelError
@@ -275,7 +275,7 @@ func TestEncodeRecordsSVDFallback(t *testing.T) {
 	const rows, cols = 256, 400
 	rng := rand.New(rand.NewPCG(17, 5))
 	delta := testDelta(rng, rows, cols, 64)
-	opt := Options{Ratio: 16, GroupSize: 128, SVD: linalg.MethodRandomized}
+	opt := Options{Ratio: 16, GroupSize: 128, SVD: linalg.RouteRandomized}
 	enc, err := Encode(delta, rows, cols, opt)
 	require.NoError(t, err)
 	assert.Empty(t, enc.Record.SVDFallback)
@@ -286,7 +286,7 @@ func TestEncodeRecordsSVDFallback(t *testing.T) {
 	enc, err = Encode(delta, rows, cols, opt)
 	require.NoError(t, err)
 	assert.Contains(t, enc.Record.SVDFallback, "exact route used")
-	opt.SVD = linalg.MethodExact
+	opt.SVD = linalg.RouteExact
 	exact, err := Encode(delta, rows, cols, opt)
 	require.NoError(t, err)
 	assert.Empty(t, exact.Record.SVDFallback)

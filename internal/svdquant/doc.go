@@ -1,4 +1,4 @@
-// Package lowrank encodes the delta of one linear projection as quantized
+// Package svdquant encodes the delta of one linear projection as quantized
 // singular vectors and decodes it back (Delta-CoMe, arXiv 2406.08903).
 //
 // Encode: truncated SVD of Delta (internal/linalg), the error of every
@@ -8,4 +8,4 @@
 // format (docs/FORMAT.md section 2.7). Decode (Factors.Product, Apply) is the
 // exact inverse used by reconstruct, and Encode measures the error it
 // records through that same path.
-package lowrank
+package svdquant
