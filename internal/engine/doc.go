@@ -1,5 +1,7 @@
 // Package engine runs deltacome's use cases: Compress (BASE + FT -> archive),
-// Reconstruct (BASE + archive -> checkpoint) and Inspect (archive -> report).
+// Reconstruct (BASE + archive -> checkpoint), Inspect (archive -> report),
+// Verify (archive against FT), Compare (the methods side by side) and
+// ExportLoRA (BASE + FT or archive -> PEFT adapter).
 //
 // Each use case opens its inputs, plans the work tensor by tensor, runs it on
 // a bounded pool of workers whose results are consumed in tensor order (so
@@ -8,7 +10,10 @@
 // complete. Memory is bounded by the tensors in flight: checkpoints are
 // memory-mapped and read on demand.
 //
-// The engine does not print; progress goes out through the Progress
-// interface. Errors wrap the sentinels of this package and of pkg/archive so
+// Outputs never overwrite an input (output.go), and what a user should know
+// before trusting a result is reported as a Warning (warnings.go).
+//
+// The engine does not print; progress and warnings go out through the
+// Progress interface. Errors wrap the sentinels of this package and of pkg/archive so
 // that callers can map them to exit codes.
 package engine
