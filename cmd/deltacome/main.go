@@ -10,6 +10,7 @@ import (
 	"syscall"
 
 	"github.com/deltacome/deltacome/internal/cli"
+	"github.com/deltacome/deltacome/internal/linalg"
 )
 
 // stopSignals cancel the command: Ctrl-C, kill, a closed terminal, and a
@@ -18,6 +19,7 @@ import (
 var stopSignals = []os.Signal{os.Interrupt, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGPIPE}
 
 func main() {
+	portableKernels()
 	ctx, cancel := context.WithCancelCause(context.Background())
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, stopSignals...)
@@ -36,4 +38,18 @@ func main() {
 		fmt.Fprintln(os.Stderr, "deltacome: error:", err)
 	}
 	os.Exit(code)
+}
+
+// portableKernels re-executes the command with the BLAS kernels that give
+// the same archive bytes on every CPU able to run them, unless the user
+// chose kernels (linalg.PortableKernelEnv). If the re-execution fails, the
+// command goes on with the kernels the BLAS picked; archives record which.
+func portableKernels() {
+	env := linalg.PortableKernelEnv()
+	if env == "" {
+		return
+	}
+	if exe, err := os.Executable(); err == nil {
+		_ = syscall.Exec(exe, os.Args, append(os.Environ(), env))
+	}
 }

@@ -19,17 +19,23 @@ import (
 
 	"github.com/deltacome/deltacome/internal/cli"
 	"github.com/deltacome/deltacome/internal/dtype"
+	"github.com/deltacome/deltacome/internal/linalg"
 	"github.com/deltacome/deltacome/pkg/stfile"
 )
 
-// binary builds the deltacome binary into a temporary folder.
+// binary builds the deltacome binary into a temporary folder, with the
+// linear algebra backend of the test binary itself.
 func binary(t *testing.T) string {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("builds the binary and runs it on a large synthetic pair")
 	}
 	bin := filepath.Join(t.TempDir(), "deltacome")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	args := []string{"build", "-o", bin}
+	if linalg.Kernel() != "gonum" {
+		args = append(args, "-tags", "openblas")
+	}
+	out, err := exec.Command("go", append(args, ".")...).CombinedOutput()
 	require.NoError(t, err, "go build: %s", out)
 	return bin
 }

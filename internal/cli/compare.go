@@ -51,7 +51,7 @@ func (o *compareOptions) validate() (*engine.CompareOptions, error) {
 		return nil, err
 	}
 	return &engine.CompareOptions{Methods: o.methods, Ratios: ratios, Schedule: s, GroupSize: o.groupSize,
-		Select: sel, Workers: o.workers, Tool: "deltacome " + Version, KeepDir: o.keep}, nil
+		Select: sel, Workers: o.workers, Tool: tool(), KeepDir: o.keep}, nil
 }
 
 func newCompareCmd() *cobra.Command {

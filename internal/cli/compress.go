@@ -69,7 +69,7 @@ func (o *compressOptions) notApplying() (flags []string, why string) {
 
 func (o *compressOptions) validate() (*engine.CompressOptions, error) {
 	eo := &engine.CompressOptions{Mode: engine.ModeDeltaCoMe, Ratio: o.ratio, GroupSize: o.groupSize,
-		Workers: o.workers, Tool: "deltacome " + Version}
+		Workers: o.workers, Tool: tool()}
 	if o.lossless {
 		eo.Mode = engine.ModeLossless
 	}

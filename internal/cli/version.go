@@ -30,7 +30,12 @@ and platform. Include it in bug reports.` + exitCodesHelp,
 }
 
 func runVersion(out io.Writer) error {
-	_, err := fmt.Fprintf(out, "deltacome %s\narchive format %d\nlinear algebra backend: %s\n%s %s/%s\n",
-		Version, archive.Version, linalg.Backend, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+	_, err := fmt.Fprintf(out, "deltacome %s\narchive format %d\nlinear algebra backend: %s\nBLAS kernels: %s\n%s %s/%s\n",
+		Version, archive.Version, linalg.Backend, linalg.Kernel(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 	return err
 }
+
+// tool is what archives record as the tool that wrote them: the version,
+// and the BLAS kernels, whose rounding the lossy factors' last bits follow
+// (docs/PERFORMANCE.md, "Same bytes everywhere").
+func tool() string { return "deltacome " + Version + " (" + linalg.Kernel() + ")" }

@@ -62,8 +62,9 @@ func symEigTop(n, k int, a, w, z []float64) bool {
 // eigensolver did not converge.
 func symEigDense32(n, k int, a, z []float32) bool { return symEigFloat64(n, k, a, z) }
 
-// blasThreads and setBLASThreads are no-ops for gonum's BLAS, which spreads
-// large products over goroutines under the Go scheduler.
-func blasThreads() int { return 1 }
+// Kernel names the kernels of this build's BLAS: gonum's pure-Go ones,
+// the same on every CPU of an architecture.
+func Kernel() string { return "gonum" }
 
-func setBLASThreads(int) {}
+// PortableKernelEnv returns "": gonum's kernels are the same on every CPU.
+func PortableKernelEnv() string { return "" }

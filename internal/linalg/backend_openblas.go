@@ -4,13 +4,16 @@ package linalg
 
 /*
 #cgo LDFLAGS: -lopenblas -llapacke
-int openblas_get_num_threads(void);
 void openblas_set_num_threads(int);
+char* openblas_get_corename(void);
 */
 import "C"
 
 import (
 	"math"
+	"os"
+
+	"golang.org/x/sys/cpu"
 
 	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/lapack"
@@ -21,7 +24,40 @@ import (
 
 // Backend names the BLAS/LAPACK implementation this build uses, for
 // `deltacome version` and benchmark reports.
+//
+// OpenBLAS runs every call on the calling thread: products are cut into
+// tiles that run on goroutines (see tiles), whose sums do not depend on the
+// core count as OpenBLAS's own threading does, and LAPACK runs on one core.
 const Backend = "OpenBLAS + LAPACKE (cgo)"
+
+func init() { C.openblas_set_num_threads(1) }
+
+// Kernel names the kernels the BLAS picked for this CPU ("OpenBLAS
+// Haswell"): OpenBLAS chooses them when the process starts, from
+// OPENBLAS_CORETYPE or else the CPU's features, and kernels for other
+// instruction sets round the same sums differently.
+func Kernel() string { return "OpenBLAS " + C.GoString(C.openblas_get_corename()) }
+
+// portableKernel is the OpenBLAS kernel set that PortableKernelEnv asks
+// for: Haswell's (AVX2 and FMA), which every x86-64 CPU since 2013-2015
+// runs, Intel and AMD alike. On AVX-512 CPUs it is within a few percent of
+// the SkylakeX kernels (docs/PERFORMANCE.md), and on virtual machines that
+// hide the CPU's model it replaces the SSE3 kernels OpenBLAS falls back to.
+const portableKernel = "Haswell"
+
+// PortableKernelEnv returns the environment entry ("OPENBLAS_CORETYPE=
+// Haswell") under which a new process's OpenBLAS runs the same kernels on
+// every x86-64 CPU with AVX2 and FMA, so that archives made on a laptop and
+// on a server are the same bytes; or "" when OPENBLAS_CORETYPE is already
+// set (the user's choice stands) or the CPU lacks those instructions. The
+// kernels are chosen when the library loads: the command re-executes itself
+// with the entry (cmd/deltacome).
+func PortableKernelEnv() string {
+	if _, set := os.LookupEnv("OPENBLAS_CORETYPE"); set || !cpu.X86.HasAVX2 || !cpu.X86.HasFMA {
+		return ""
+	}
+	return "OPENBLAS_CORETYPE=" + portableKernel
+}
 
 // nativeTranspose reports whether the BLAS multiplies a transposed operand as
 // fast as a plain one, which OpenBLAS does.
@@ -116,9 +152,3 @@ func symEigDense32(n, k int, a, z []float32) bool {
 func lworkFromQuery32(q float32) int {
 	return int(math.Nextafter32(q, math.MaxFloat32))
 }
-
-// blasThreads returns the number of threads OpenBLAS runs a product on.
-func blasThreads() int { return int(C.openblas_get_num_threads()) }
-
-// setBLASThreads sets the number of threads OpenBLAS runs a product on.
-func setBLASThreads(n int) { C.openblas_set_num_threads(C.int(n)) }

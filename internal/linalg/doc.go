@@ -29,9 +29,12 @@
 // gonum's pure-Go products with a transposed operand are slow, so on that
 // backend transposes are copied out first (see gemm32).
 //
-// Results are deterministic for a given build and BLAS thread count: the
-// randomized route's test matrix comes from a seeded PCG and every parallel
-// loop writes disjoint outputs. Between backends, and between OpenBLAS
-// thread counts (see SingleThreaded), the products sum in different orders,
-// so factors may differ in their last bits.
+// Results are the same bits whatever the number of cores, goroutines or
+// OPENBLAS_NUM_THREADS: products are cut into tiles whose shape depends on
+// the operands' shapes only (see productTile), each tile summed by one call
+// to a single-threaded BLAS; LAPACK runs single-threaded; the randomized
+// route's test matrix comes from PCG streams keyed by block; every parallel
+// loop writes disjoint outputs. Between backends, and between CPUs for which
+// OpenBLAS picks other kernels (see Kernel), the products sum in different
+// orders, so factors may differ in their last bits.
 package linalg

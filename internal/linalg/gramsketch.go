@@ -15,12 +15,8 @@ func randomizedGram(a []float32, rows, cols, rank, b, depth int, seed uint64) (*
 	short, long := min(rows, cols), max(rows, cols)
 	wide := rows <= cols
 	g := make([]float32, short*short)
-	if wide { // X = A, short x long
-		blas32Impl.Ssyrk(blas.Upper, blas.NoTrans, short, long, 1, a, cols, 0, g, short)
-	} else { // X = Aᵀ: G = AᵀA
-		blas32Impl.Ssyrk(blas.Upper, blas.Trans, short, long, 1, a, cols, 0, g, short)
-	}
-	for i := range short { // mirror the upper triangle for plain products
+	syrkUpper32(!wide, short, long, a, cols, g, short) // G = XXᵀ: X = A (short x long) or Aᵀ
+	for i := range short {                             // mirror the upper triangle for plain products
 		for j := range i {
 			g[i*short+j] = g[j*short+i]
 		}

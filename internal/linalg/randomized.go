@@ -158,11 +158,13 @@ func orthonormalize(y []float32, rows, cols int) error {
 	ok := true
 	for pass := range 2 {
 		clear(r)
-		blas64Impl.Dsyrk(blas.Upper, blas.Trans, cols, rows, 1, y64, cols, 0, r, cols)
+		syrkUpper64(true, cols, rows, y64, cols, r, cols)
 		if ok = lapackImpl.Dpotrf(blas.Upper, cols, r, cols); !ok {
 			break
 		}
-		blas64Impl.Dtrsm(blas.Right, blas.Upper, blas.NoTrans, blas.NonUnit, rows, cols, 1, r, cols, y64, cols)
+		tiles(rows, 1, false, func(i0, i1, _, _ int) { // rows are independent: blocks of rows
+			blas64Impl.Dtrsm(blas.Right, blas.Upper, blas.NoTrans, blas.NonUnit, i1-i0, cols, 1, r, cols, y64[i0*cols:], cols)
+		})
 		if pass == 0 && diagRatio(r, cols) <= cholQRDiagRatio {
 			break
 		}

@@ -409,9 +409,8 @@ func (w *roundTripper) quantized(x []float32, bits int, opt quant.Options) quant
 
 // residualSq returns |delta - Delta_hat|_F^2 for the factors f, decoded as
 // reconstruct decodes them, forming Delta_hat a block of rows at a time.
-// Its products use the BLAS's own threads (see linalg.SingleThreaded), and
-// the squares are summed by fixed blocks in order: the result is the same
-// for any number of workers.
+// Its products and the sums of squares are cut in fixed blocks, summed in
+// order: the result is the same for any number of workers.
 func residualSq(delta []float32, rows, cols int, f *Factors, rec *archive.LowRank) (float64, error) {
 	ust, vt, err := f.decode(rows, cols, rec)
 	if err != nil {
@@ -450,10 +449,8 @@ const blockRows = 256
 
 // applyBlocks calls fn for consecutive blocks of at most blockRows rows
 // [r0, r1) of a rows x cols matrix, on GOMAXPROCS goroutines, each with a
-// scratch buffer of (r1-r0)·cols float32 values, with the BLAS running each
-// product on its calling goroutine's thread (linalg.SingleThreaded).
+// scratch buffer of (r1-r0)·cols float32 values.
 func applyBlocks(rows, cols int, fn func(r0, r1 int, buf []float32)) {
-	defer linalg.SingleThreaded()()
 	newBuf := func() []float32 { return make([]float32, min(blockRows, rows)*cols) }
 	par.For((rows+blockRows-1)/blockRows, 0, newBuf, func(buf []float32, b int) {
 		r0, r1 := b*blockRows, min((b+1)*blockRows, rows)
