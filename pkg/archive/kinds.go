@@ -50,6 +50,14 @@ var methodKinds = map[string]string{
 	"lowrank":   KindLowRankBF16,
 }
 
+// MethodKind returns the lossy storage kind that method (Settings.Method
+// of mode "deltacome", "" meaning "deltacome") stores projections as, and
+// false for an unknown method.
+func MethodKind(method string) (string, bool) {
+	k, ok := methodKinds[method]
+	return k, ok
+}
+
 // lookupKind returns the entry of storage kind name, and false for an
 // unknown kind.
 func lookupKind(name string) (kind, bool) {
@@ -59,6 +67,16 @@ func lookupKind(name string) (kind, bool) {
 		}
 	}
 	return kind{}, false
+}
+
+// Kinds lists the storage kinds this reader knows, in the order of
+// docs/FORMAT.md section 2.5. The slice is the caller's.
+func Kinds() []string {
+	names := make([]string, len(kinds))
+	for i, k := range kinds {
+		names[i] = k.name
+	}
+	return names
 }
 
 // KindRoles returns the roles of the blobs a tensor of storage kind k
