@@ -3,8 +3,6 @@ package engine
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -442,7 +440,5 @@ func sha256Both(a, b []byte) (string, string) {
 	return ha, hb
 }
 
-func sha256Hex(b []byte) string {
-	h := sha256.Sum256(b)
-	return hex.EncodeToString(h[:])
-}
+// sha256Hex is the lowercase hex SHA-256 records store.
+func sha256Hex(b []byte) string { return storage.SHA256Hex(b) }

@@ -233,7 +233,7 @@ func factored(rec *archive.Tensor) bool {
 // the tensor is stored.
 func (a *loraArchive) delta(rec *archive.Tensor) ([]float32, error) {
 	k, _ := storage.Lookup(rec.Kind) // factored, checked by the caller
-	blobs, err := readBlobs(a.ar, rec)
+	blobs, err := storage.ReadBlobs(a.ar, rec)
 	if err != nil {
 		return nil, err
 	}

@@ -185,7 +185,7 @@ func TestMethodCorruptBlobs(t *testing.T) {
 				}
 			}
 			require.NotNil(t, rec)
-			blobs, err := readBlobs(ar, rec)
+			blobs, err := storage.ReadBlobs(ar, rec)
 			require.NoError(t, err)
 			for i := range blobs {
 				blobs[i] = blobs[i][:len(blobs[i])-1]

@@ -10,6 +10,8 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/nlpodyssey/safetensors"
+
 	"github.com/deltacome/deltacome/internal/checkpoint"
 	"github.com/deltacome/deltacome/internal/storage"
 	"github.com/deltacome/deltacome/pkg/archive"
@@ -290,63 +292,30 @@ func planShards(m *archive.Manifest) ([]item, [][]byte, error) {
 // Kinds that compute their output write it into a buffer from alloc; the
 // others return the base's or the archive's bytes.
 func decodeTensor(ar *archive.Reader, base *checkpoint.Checkpoint, rec *archive.Tensor, baseRec map[string]archive.BaseTensor, m *archive.Manifest, force bool, alloc func(n int64) []byte) ([]byte, error) {
-	k, ok := storage.Lookup(rec.Kind)
-	if !ok {
-		return nil, fmt.Errorf("%w: tensor %q: unknown storage kind %q", archive.ErrFormat, rec.Name, rec.Kind)
-	}
-	in := &storage.DecodeInput{Rec: rec, Alloc: alloc}
-	if k.Base {
+	var bdata []byte
+	var bdt safetensors.DType
+	if k, ok := storage.Lookup(rec.Kind); ok && k.Base {
 		bt, ok := base.Tensor(rec.Name)
 		if !ok {
 			return nil, errorf(ErrWrongBase, "tensor %q is stored as a delta but %s has no such tensor", rec.Name, base.Path())
 		}
 		var err error
-		if in.Base, err = base.Data(rec.Name); err != nil {
+		if bdata, err = base.Data(rec.Name); err != nil {
 			return nil, errorf(ErrInput, "base: %w", err)
 		}
-		in.BaseDType = bt.DType
-		if br, ok := baseRec[rec.Name]; !force && (!ok || br.SHA256 != sha256Hex(in.Base)) {
+		bdt = bt.DType
+		if br, ok := baseRec[rec.Name]; !force && (!ok || br.SHA256 != sha256Hex(bdata)) {
 			return nil, wrongBase(base, m, fmt.Sprintf("tensor %q has other bytes", rec.Name))
 		}
 		if !slices.Equal(bt.Shape, rec.Shape) {
 			return nil, errorf(ErrWrongBase, "tensor %q: shape %v in base, %v in archive", rec.Name, bt.Shape, rec.Shape)
 		}
 	}
-	var err error
-	if in.Blobs, err = readBlobs(ar, rec); err != nil {
-		return nil, err
+	out, err := storage.DecodeTensor(ar, rec, bdata, bdt, !force, alloc)
+	if errors.Is(err, storage.ErrBase) {
+		return nil, errorf(ErrWrongBase, "%w", err)
 	}
-	out, err := k.Decode(in)
-	switch {
-	case errors.Is(err, storage.ErrBase):
-		return nil, errorf(ErrWrongBase, "tensor %q: %w", rec.Name, err)
-	case err != nil:
-		return nil, fmt.Errorf("tensor %q: %w", rec.Name, err)
-	case archive.KindLossy(rec.Kind):
-		return out, nil
-	}
-	if int64(len(out)) != rec.Bytes || (!force && sha256Hex(out) != rec.SHA256) {
-		return nil, fmt.Errorf("%w: tensor %q: reconstructed bytes do not match the recorded SHA-256", archive.ErrChecksum, rec.Name)
-	}
-	return out, nil
-}
-
-// readBlobs reads and checks the blobs of rec, in archive.KindRoles order.
-func readBlobs(ar *archive.Reader, rec *archive.Tensor) ([][]byte, error) {
-	roles := archive.KindRoles(rec.Kind)
-	blobs := make([][]byte, len(roles))
-	for i, role := range roles {
-		b, ok := rec.Blob(role)
-		if !ok {
-			return nil, fmt.Errorf("%w: tensor %q: no %s blob", archive.ErrFormat, rec.Name, role)
-		}
-		data, err := ar.Blob(b)
-		if err != nil {
-			return nil, fmt.Errorf("tensor %q: %w", rec.Name, err)
-		}
-		blobs[i] = data
-	}
-	return blobs, nil
+	return out, err
 }
 
 // buffers recycles decodeTensor's output buffers between tensors, sparing

@@ -7,6 +7,7 @@
 // (roles, validation); this table says how deltacome computes it. A new
 // kind is one entry in each, and TestKindsMatchArchive checks that the two
 // list the same kinds. The engine (compress, reconstruct, verify, plan,
-// inspect, export-lora) and pkg/delta reach the kinds only through Lookup
-// and ForMethod, so that every command decodes a tensor the same way.
+// inspect, export-lora), inspect's rendering and pkg/delta reach the kinds
+// only through this package (Lookup, ForMethod, DecodeTensor), so that
+// every command, and every Go program, decodes a tensor the same way.
 package storage

@@ -2,7 +2,9 @@ package archive
 
 // kind describes once what the format requires of one storage kind: its
 // blob roles, whether it is lossy, its description record, how it stands
-// to the base and what blobs its record implies. A new kind is added here.
+// to the base and what blobs its record implies. A new kind is added here,
+// and its codec (encoding, decoding, costs, reports) in the table of
+// internal/storage.
 // Validate checks every tensor record against its kind's entry; KindRoles
 // and KindLossy give the entry to writers and readers outside the package.
 type kind struct {
