@@ -122,7 +122,7 @@ func renderPlan(out io.Writer, p *engine.CompressPlan, eo *engine.CompressOption
 		t := p.ByKind[k]
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t\n", k, t.Tensors, t.OrigBytes, t.MaxBytes)
 		sum := &lossless
-		if k != engine.PlanSameOrXOR && k != archive.KindFull {
+		if archive.KindLossy(k) {
 			sum = &lossy
 		}
 		sum.Tensors += t.Tensors

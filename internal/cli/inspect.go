@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/deltacome/deltacome/internal/engine"
+	"github.com/deltacome/deltacome/internal/storage"
 	"github.com/deltacome/deltacome/pkg/archive"
 )
 
@@ -128,15 +129,18 @@ func renderInspect(out io.Writer, r *engine.Report) error {
 	}
 	slices.SortStableFunc(order, func(a, b *archive.Tensor) int { return naturalCompare(a.Name, b.Name) })
 	for _, t := range order {
-		rank, bands, rel, energy := "", "", "", ""
-		if lr := t.LowRank; lr != nil {
-			rank, bands = fmt.Sprint(lr.Rank), engine.BandsString(lr.Bands)
-			rel, energy = fmt.Sprintf("%.4f", lr.RelError), fmt.Sprintf("%.3f", lr.EnergyKept)
-		} else if lr := t.LowRankBF16; lr != nil {
-			rank, rel, energy = fmt.Sprint(lr.Rank), fmt.Sprintf("%.4f", lr.RelError), fmt.Sprintf("%.3f", lr.EnergyKept)
-		} else if bd := t.BitDelta; bd != nil {
-			rel = fmt.Sprintf("%.4f", bd.RelError)
+		rank, rel, energy := "", "", ""
+		rep := report(t)
+		if rep.Rank != nil {
+			rank = fmt.Sprint(*rep.Rank)
 		}
+		if r, _, ok := t.DeltaError(); ok {
+			rel = fmt.Sprintf("%.4f", r)
+		}
+		if rep.EnergyKept != nil {
+			energy = fmt.Sprintf("%.3f", *rep.EnergyKept)
+		}
+		bands := engine.BandsString(rep.Bands)
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", t.Name, shapeString(t.Shape), t.DType, t.Kind,
 			size(t.StoredBytes()), size(t.Bytes), ratioString(t.Bytes, t.StoredBytes()), rank, bands, rel, energy)
 	}
@@ -167,6 +171,15 @@ func renderInspect(out io.Writer, r *engine.Report) error {
 	_, err := fmt.Fprintf(out, "\narchive file: %s for %s of tensors: ratio %s (header and manifest: %s; exact byte counts: --json)\n",
 		size(r.Size), size(r.Totals.OrigBytes), ratioString(r.Totals.OrigBytes, r.Size), size(r.Size-r.Totals.StoredBytes-sideBytes(m)))
 	return err
+}
+
+// report is what the record t says of its tensor, through its kind's
+// entry of the storage table; nothing for a kind this build does not know.
+func report(t *archive.Tensor) storage.Report {
+	if k, ok := storage.Lookup(t.Kind); ok {
+		return k.Report(t)
+	}
+	return storage.Report{}
 }
 
 func sideBytes(m *archive.Manifest) int64 {

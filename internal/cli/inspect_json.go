@@ -166,14 +166,8 @@ func newInspectJSON(r *engine.Report) inspectJSON {
 		if rel, _, ok := t.DeltaError(); ok {
 			tj.RelError = &rel
 		}
-		switch {
-		case t.LowRank != nil:
-			lr := t.LowRank
-			tj.Rank, tj.Bands, tj.Budget, tj.EnergyKept = &lr.Rank, lr.Bands, &lr.Budget, &lr.EnergyKept
-		case t.LowRankBF16 != nil:
-			lr := t.LowRankBF16
-			tj.Rank, tj.Budget, tj.EnergyKept = &lr.Rank, &lr.Budget, &lr.EnergyKept
-		}
+		rep := report(t)
+		tj.Rank, tj.Bands, tj.Budget, tj.EnergyKept = rep.Rank, rep.Bands, rep.Budget, rep.EnergyKept
 		res.Tensors = append(res.Tensors, tj)
 	}
 	res.HeaderBytes = r.Size - all.stored - sideBytes(m)

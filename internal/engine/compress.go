@@ -3,8 +3,6 @@ package engine
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -18,6 +16,7 @@ import (
 	"github.com/deltacome/deltacome/internal/alloc"
 	"github.com/deltacome/deltacome/internal/checkpoint"
 	"github.com/deltacome/deltacome/internal/linalg"
+	"github.com/deltacome/deltacome/internal/storage"
 	"github.com/deltacome/deltacome/internal/svdquant"
 	"github.com/deltacome/deltacome/pkg/archive"
 )
@@ -153,10 +152,12 @@ func Compress(ctx context.Context, basePath, ftPath, outPath string, opt Compres
 		m.Tensors = append(m.Tensors, e.rec)
 		ev := Event{Index: i, Total: len(names), Name: e.rec.Name, Shape: e.rec.Shape, DType: e.rec.DType,
 			Kind: e.rec.Kind, OrigBytes: e.rec.Bytes, StoredBytes: e.rec.StoredBytes()}
-		if lr := e.rec.LowRank; lr != nil {
-			ev.Rank, ev.Bands, ev.SVDFallback = lr.Rank, BandsString(lr.Bands), lr.SVDFallback
-		} else if lr := e.rec.LowRankBF16; lr != nil {
-			ev.Rank = lr.Rank
+		if k, ok := storage.Lookup(e.rec.Kind); ok {
+			r := k.Report(&e.rec)
+			if r.Rank != nil {
+				ev.Rank = *r.Rank
+			}
+			ev.Bands, ev.SVDFallback = BandsString(r.Bands), r.SVDFallback
 		}
 		if rel, norm, ok := e.rec.DeltaError(); ok {
 			ev.RelError = rel
@@ -308,54 +309,46 @@ func encodeTensor(base, ft *checkpoint.Checkpoint, name string, opt CompressOpti
 
 	switch {
 	case class != classFull && bt.DType == t.DType && e.baseSHA == e.rec.SHA256 && bytes.Equal(bdata, data):
-		e.rec.Kind = archive.KindSame
-		return e, nil
+		return e, e.store(archive.KindSame, &storage.Input{})
 	case class == classLossy:
-		return e, e.storeLowRank(data, t.DType, bdata, bt.DType, opt)
+		return e, e.storeLossy(data, t.DType, bdata, bt.DType, opt)
 	case class == classFull:
 		return e, e.storeFull(data, t.DType)
 	default:
-		x := make([]byte, len(data))
-		for i := range x {
-			x[i] = data[i] ^ bdata[i]
-		}
-		e.rec.Kind = archive.KindXOR
-		return e, e.add(archive.RoleXOR, x, archive.CodecZstd, int(t.DType.Size()), safetensors.U8, nil)
+		return e, e.store(archive.KindXOR, &storage.Input{Data: data, Base: bdata, ElemSize: int(t.DType.Size())})
 	}
 }
 
 func (e *encoded) storeFull(data []byte, dt safetensors.DType) error {
-	e.rec.Kind = archive.KindFull
-	return e.add(archive.RoleData, data, archive.CodecZstd, int(dt.Size()), safetensors.U8, nil)
+	return e.store(archive.KindFull, &storage.Input{Data: data, ElemSize: int(dt.Size())})
 }
 
-func (e *encoded) storeLowRank(data []byte, dt safetensors.DType, bdata []byte, bdt safetensors.DType, opt CompressOptions) error {
+// storeLossy stores a selected projection as the lossy kind of the method.
+func (e *encoded) storeLossy(data []byte, dt safetensors.DType, bdata []byte, bdt safetensors.DType, opt CompressOptions) error {
 	rows, cols := int(e.rec.Shape[0]), int(e.rec.Shape[1])
 	delta := make([]float32, rows*cols)
 	if err := svdquant.Delta(delta, data, dt, bdata, bdt); err != nil {
 		return errorf(ErrInput, "tensor %q: %w", e.rec.Name, err)
 	}
-	switch opt.method() {
-	case MethodBitDelta:
-		return e.storeBitDelta(delta)
-	case MethodLowRank:
-		return e.storeLowRankBF16(delta, rows, cols, opt.Ratio)
-	}
-	enc, err := svdquant.Encode(delta, rows, cols, svdquant.Options{Ratio: opt.Ratio, Schedule: opt.Schedule, GroupSize: opt.GroupSize, SVD: opt.SVD})
+	k, _ := storage.ForMethod(opt.method()) // checked by opt.validate
+	return e.store(k.Name, &storage.Input{Delta: delta, Rows: rows, Cols: cols,
+		Options: svdquant.Options{Ratio: opt.Ratio, Schedule: opt.Schedule, GroupSize: opt.GroupSize, SVD: opt.SVD}})
+}
+
+// store encodes in as storage kind name, through the kind's entry of the
+// storage table, and adds its blobs.
+func (e *encoded) store(name string, in *storage.Input) error {
+	k, _ := storage.Lookup(name) // a kind of the table, named by the caller
+	blobs, err := k.Encode(&e.rec, in)
 	if err != nil {
 		return fmt.Errorf("tensor %q: %w", e.rec.Name, err)
 	}
-	e.rec.Kind = archive.KindLowRank
-	e.rec.LowRank = &enc.Record
-	r := uint64(enc.Record.Rank)
-	steps := []error{
-		e.add(archive.RoleSigma, enc.Sigma, archive.CodecRaw, 0, safetensors.F32, []uint64{r}),
-		e.add(archive.RoleUCodes, enc.UCodes, archive.CodecRaw, 0, safetensors.U8, nil),
-		e.add(archive.RoleUQParams, enc.UQParams, archive.CodecRaw, 0, safetensors.BF16, []uint64{uint64(len(enc.UQParams) / 4), 2}),
-		e.add(archive.RoleVCodes, enc.VCodes, archive.CodecRaw, 0, safetensors.U8, nil),
-		e.add(archive.RoleVQParams, enc.VQParams, archive.CodecRaw, 0, safetensors.BF16, []uint64{uint64(len(enc.VQParams) / 4), 2}),
+	e.rec.Kind = k.Name
+	errs := make([]error, len(blobs))
+	for i, b := range blobs {
+		errs[i] = e.add(b.Role, b.Raw, b.Codec, b.Shuffle, b.DType, b.Shape)
 	}
-	return errors.Join(steps...)
+	return errors.Join(errs...)
 }
 
 // add encodes raw as blob role of this tensor. A nil shape means a 1-D U8
@@ -447,7 +440,5 @@ func sha256Both(a, b []byte) (string, string) {
 	return ha, hb
 }
 
-func sha256Hex(b []byte) string {
-	h := sha256.Sum256(b)
-	return hex.EncodeToString(h[:])
-}
+// sha256Hex is the lowercase hex SHA-256 records store.
+func sha256Hex(b []byte) string { return storage.SHA256Hex(b) }

@@ -8,8 +8,7 @@ import (
 	"github.com/nlpodyssey/safetensors"
 
 	"github.com/deltacome/deltacome/internal/checkpoint"
-	"github.com/deltacome/deltacome/internal/lowrankbf16"
-	"github.com/deltacome/deltacome/internal/svdquant"
+	"github.com/deltacome/deltacome/internal/storage"
 	"github.com/deltacome/deltacome/pkg/archive"
 	"github.com/deltacome/deltacome/pkg/stfile"
 )
@@ -92,13 +91,12 @@ func (a *loraArchive) plan(archivePath string, opt *LoRAOptions) error {
 		}
 		a.ts = append(a.ts, checkpoint.Tensor{Name: rec.Name, DType: dt, Shape: rec.Shape, Size: rec.Bytes})
 		a.recs[rec.Name] = rec
-		switch {
-		case rec.Kind == archive.KindLowRank && rec.LowRank != nil:
-			maxRank[rec.Name] = rec.LowRank.Rank
-		case rec.Kind == archive.KindLowRankBF16 && rec.LowRankBF16 != nil:
-			maxRank[rec.Name] = rec.LowRankBF16.Rank
-		case rec.Kind == archive.KindLowRank || rec.Kind == archive.KindLowRankBF16:
-			return fmt.Errorf("%w: tensor %q: %s record missing", archive.ErrFormat, rec.Name, rec.Kind)
+		if k, ok := storage.Lookup(rec.Kind); ok && k.Product != nil {
+			r := k.Report(rec).Rank
+			if r == nil {
+				return fmt.Errorf("%w: tensor %q: %s record missing", archive.ErrFormat, rec.Name, rec.Kind)
+			}
+			maxRank[rec.Name] = *r
 		}
 	}
 	if len(maxRank) == 0 {
@@ -110,7 +108,7 @@ func (a *loraArchive) plan(archivePath string, opt *LoRAOptions) error {
 		return err
 	}
 	for _, mod := range a.l.modules {
-		if rec := a.recs[mod.Tensor]; rec.Kind == archive.KindBitDelta {
+		if rec := a.recs[mod.Tensor]; archive.KindLossy(rec.Kind) && !factored(rec) {
 			return errorf(ErrUsage, "%s stores %q as bitdelta, a full-rank sign matrix with no factors to truncate: give the fine-tune itself instead", archivePath, mod.Tensor)
 		}
 	}
@@ -178,7 +176,7 @@ func (a *loraArchive) export(t checkpoint.Tensor, decode func(name string) ([]by
 		return loraTensor{unchanged: a.l.modules[i].Module}, nil
 	case rec.Kind == archive.KindSame:
 		return loraTensor{}, nil
-	case isModule && (rec.Kind == archive.KindLowRank || rec.Kind == archive.KindLowRankBF16):
+	case isModule && factored(rec):
 		delta, err := a.delta(rec)
 		if err != nil {
 			return loraTensor{}, err
@@ -224,29 +222,22 @@ func (a *loraArchive) checkBase(name string) error {
 	return nil
 }
 
-// delta multiplies out the delta a low-rank record stores, row-major as
+// factored reports whether rec's kind stores the delta as factors that
+// export-lora can truncate (kinds with a Product in the storage table).
+func factored(rec *archive.Tensor) bool {
+	k, ok := storage.Lookup(rec.Kind)
+	return ok && k.Product != nil
+}
+
+// delta multiplies out the delta a factored record stores, row-major as
 // the tensor is stored.
 func (a *loraArchive) delta(rec *archive.Tensor) ([]float32, error) {
-	rows, cols := int(rec.Shape[0]), int(rec.Shape[1])
-	var blobs [5][]byte
-	for j, role := range archive.KindRoles(rec.Kind) { // kind lowrank or lowrank-bf16
-		b, ok := rec.Blob(role)
-		if !ok {
-			return nil, fmt.Errorf("%w: tensor %q: no %s blob", archive.ErrFormat, rec.Name, role)
-		}
-		var err error
-		if blobs[j], err = a.ar.Blob(b); err != nil {
-			return nil, fmt.Errorf("tensor %q: %w", rec.Name, err)
-		}
+	k, _ := storage.Lookup(rec.Kind) // factored, checked by the caller
+	blobs, err := storage.ReadBlobs(a.ar, rec)
+	if err != nil {
+		return nil, err
 	}
-	var d []float32
-	var err error
-	if rec.Kind == archive.KindLowRank {
-		f := svdquant.Factors{Sigma: blobs[0], UCodes: blobs[1], UQParams: blobs[2], VCodes: blobs[3], VQParams: blobs[4]}
-		d, err = f.Product(rows, cols, rec.LowRank)
-	} else {
-		d, err = lowrankbf16.Product(blobs[0], blobs[1], rows, cols, rec.LowRankBF16.Rank)
-	}
+	d, err := k.Product(rec, blobs)
 	if err != nil {
 		return nil, fmt.Errorf("tensor %q: %w", rec.Name, err)
 	}

@@ -2,7 +2,6 @@ package engine
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math"
 	"path/filepath"
@@ -15,6 +14,7 @@ import (
 	"github.com/deltacome/deltacome/internal/bitdelta"
 	"github.com/deltacome/deltacome/internal/dtype"
 	"github.com/deltacome/deltacome/internal/lowrankbf16"
+	"github.com/deltacome/deltacome/internal/storage"
 	"github.com/deltacome/deltacome/internal/svdquant"
 	"github.com/deltacome/deltacome/pkg/archive"
 )
@@ -185,17 +185,16 @@ func TestMethodCorruptBlobs(t *testing.T) {
 				}
 			}
 			require.NotNil(t, rec)
-			short := func(role string) ([]byte, error) {
-				b, _ := rec.Blob(role)
-				d, err := ar.Blob(b)
-				return d[:len(d)-1], err
+			blobs, err := storage.ReadBlobs(ar, rec)
+			require.NoError(t, err)
+			for i := range blobs {
+				blobs[i] = blobs[i][:len(blobs[i])-1]
 			}
-			bt := tensors(t, tinyBase)[rec.Name]
-			_, err = decodeBaseline(rec, bt, safetensors.BF16, short, newBuffer)
+			k, ok := storage.Lookup(rec.Kind)
+			require.True(t, ok)
+			_, err = k.Decode(&storage.DecodeInput{Rec: rec, Blobs: blobs, Base: tensors(t, tinyBase)[rec.Name],
+				BaseDType: safetensors.BF16, Alloc: newBuffer})
 			assert.ErrorIs(t, err, archive.ErrFormat)
-			failing := func(string) ([]byte, error) { return nil, errors.New("read failed") }
-			_, err = decodeBaseline(rec, bt, safetensors.BF16, failing, newBuffer)
-			assert.Error(t, err)
 		})
 	}
 }

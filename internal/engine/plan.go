@@ -9,10 +9,9 @@ import (
 
 	"github.com/nlpodyssey/safetensors"
 
-	"github.com/deltacome/deltacome/internal/bitdelta"
 	"github.com/deltacome/deltacome/internal/checkpoint"
 	"github.com/deltacome/deltacome/internal/dtype"
-	"github.com/deltacome/deltacome/internal/svdquant"
+	"github.com/deltacome/deltacome/internal/storage"
 	"github.com/deltacome/deltacome/pkg/archive"
 	"github.com/deltacome/deltacome/pkg/stfile"
 )
@@ -176,18 +175,9 @@ func Plan(basePath, ftPath string, opt CompressOptions) (*CompressPlan, error) {
 		}
 		switch class {
 		case classLossy:
-			rows, cols := int(t.Shape[0]), int(t.Shape[1])
-			switch opt.method() {
-			case MethodBitDelta:
-				const scaleBytes = 4 // one float32 scale per matrix
-				pt.Kind, pt.MaxBytes = archive.KindBitDelta, int64(bitdelta.PackedLen(rows*cols))+scaleBytes
-			case MethodLowRank:
-				pt.Kind, pt.Budget = archive.KindLowRankBF16, svdquant.Budget(rows, cols, opt.Ratio)
-				pt.MaxBytes = pt.Budget
-			default:
-				pt.Kind, pt.Budget = archive.KindLowRank, svdquant.Budget(rows, cols, opt.Ratio)
-				pt.MaxBytes = pt.Budget
-			}
+			k, _ := storage.ForMethod(opt.method()) // checked by opt.validate
+			pt.Kind = k.Name
+			pt.Budget, pt.MaxBytes = k.Cost(int(t.Shape[0]), int(t.Shape[1]), opt.Ratio)
 		case classFull:
 			pt.Kind, pt.MaxBytes = archive.KindFull, zstdBound(t.Size)
 		default:
@@ -251,14 +241,8 @@ func estimateHeader(base, ft *checkpoint.Checkpoint, side []checkpoint.SideFile,
 			rec.Kind = archive.KindXOR
 		}
 		roles := archive.KindRoles(rec.Kind)
-		switch pt.Kind {
-		case archive.KindLowRank:
-			rec.LowRank = &archive.LowRank{Rank: 1, Bands: []archive.Band{{Bits: 8, Count: 1}}, GroupSize: opt.GroupSize,
-				RelError: 0.5, DeltaNorm: 1, EnergyKept: 0.5, Budget: pt.Budget}
-		case archive.KindBitDelta:
-			rec.BitDelta = &archive.BitDelta{RelError: 0.5, DeltaNorm: 1}
-		case archive.KindLowRankBF16:
-			rec.LowRankBF16 = &archive.LowRankBF16{Rank: 1, RelError: 0.5, DeltaNorm: 1, EnergyKept: 0.5, Budget: pt.Budget}
+		if k, ok := storage.Lookup(rec.Kind); ok && k.Estimate != nil {
+			k.Estimate(&rec, pt.Budget, opt.GroupSize)
 		}
 		for _, role := range roles {
 			share := pt.MaxBytes / int64(len(roles))

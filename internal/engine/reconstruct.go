@@ -13,7 +13,7 @@ import (
 	"github.com/nlpodyssey/safetensors"
 
 	"github.com/deltacome/deltacome/internal/checkpoint"
-	"github.com/deltacome/deltacome/internal/svdquant"
+	"github.com/deltacome/deltacome/internal/storage"
 	"github.com/deltacome/deltacome/pkg/archive"
 	"github.com/deltacome/deltacome/pkg/stfile"
 )
@@ -284,16 +284,17 @@ func planShards(m *archive.Manifest) ([]item, [][]byte, error) {
 	return items, headers, nil
 }
 
-// decodeTensor returns the fine-tune bytes of one tensor. Bit-exact kinds
-// are checked against their recorded SHA-256, except when forced onto another
-// base, where they cannot match.
+// decodeTensor returns the fine-tune bytes of one tensor, decoded by its
+// kind's entry of the storage table. Bit-exact kinds are checked against
+// their recorded SHA-256, except when forced onto another base, where they
+// cannot match.
 //
 // Kinds that compute their output write it into a buffer from alloc; the
 // others return the base's or the archive's bytes.
 func decodeTensor(ar *archive.Reader, base *checkpoint.Checkpoint, rec *archive.Tensor, baseRec map[string]archive.BaseTensor, m *archive.Manifest, force bool, alloc func(n int64) []byte) ([]byte, error) {
 	var bdata []byte
 	var bdt safetensors.DType
-	if rec.Kind != archive.KindFull {
+	if k, ok := storage.Lookup(rec.Kind); ok && k.Base {
 		bt, ok := base.Tensor(rec.Name)
 		if !ok {
 			return nil, errorf(ErrWrongBase, "tensor %q is stored as a delta but %s has no such tensor", rec.Name, base.Path())
@@ -310,65 +311,11 @@ func decodeTensor(ar *archive.Reader, base *checkpoint.Checkpoint, rec *archive.
 			return nil, errorf(ErrWrongBase, "tensor %q: shape %v in base, %v in archive", rec.Name, bt.Shape, rec.Shape)
 		}
 	}
-	blob := func(role string) ([]byte, error) {
-		b, _ := rec.Blob(role) // presence checked when the manifest was read
-		data, err := ar.Blob(b)
-		if err != nil {
-			return nil, fmt.Errorf("tensor %q: %w", rec.Name, err)
-		}
-		return data, nil
+	out, err := storage.DecodeTensor(ar, rec, bdata, bdt, !force, alloc)
+	if errors.Is(err, storage.ErrBase) {
+		return nil, errorf(ErrWrongBase, "%w", err)
 	}
-	var out []byte
-	switch rec.Kind {
-	case archive.KindSame:
-		if int64(len(bdata)) != rec.Bytes || bdt.String() != rec.DType {
-			return nil, errorf(ErrWrongBase, "tensor %q: base has %s of %d bytes, archive expects %s of %d", rec.Name, bdt, len(bdata), rec.DType, rec.Bytes)
-		}
-		out = bdata
-	case archive.KindFull:
-		data, err := blob(archive.RoleData)
-		if err != nil {
-			return nil, err
-		}
-		out = data
-	case archive.KindXOR:
-		x, err := blob(archive.RoleXOR)
-		if err != nil {
-			return nil, err
-		}
-		if len(x) != len(bdata) {
-			return nil, fmt.Errorf("%w: tensor %q: xor blob of %d bytes for a base tensor of %d", archive.ErrFormat, rec.Name, len(x), len(bdata))
-		}
-		out = alloc(int64(len(x)))
-		for i := range out {
-			out[i] = x[i] ^ bdata[i]
-		}
-	case archive.KindBitDelta, archive.KindLowRankBF16:
-		return decodeBaseline(rec, bdata, bdt, blob, alloc)
-	case archive.KindLowRank:
-		var parts [5][]byte // sigma, u.codes, u.qparams, v.codes, v.qparams
-		for i, role := range archive.KindRoles(archive.KindLowRank) {
-			data, err := blob(role)
-			if err != nil {
-				return nil, err
-			}
-			parts[i] = data
-		}
-		f := svdquant.Factors{Sigma: parts[0], UCodes: parts[1], UQParams: parts[2], VCodes: parts[3], VQParams: parts[4]}
-		dt, err := safetensors.ParseDType(rec.DType)
-		if err != nil || len(rec.Shape) != 2 {
-			return nil, fmt.Errorf("%w: tensor %q: low-rank record with dtype %s shape %v", archive.ErrFormat, rec.Name, rec.DType, rec.Shape)
-		}
-		out = alloc(rec.Bytes)
-		if err := svdquant.Apply(out, dt, bdata, bdt, int(rec.Shape[0]), int(rec.Shape[1]), rec.LowRank, &f); err != nil {
-			return nil, fmt.Errorf("tensor %q: %w", rec.Name, err)
-		}
-		return out, nil
-	}
-	if int64(len(out)) != rec.Bytes || (!force && sha256Hex(out) != rec.SHA256) {
-		return nil, fmt.Errorf("%w: tensor %q: reconstructed bytes do not match the recorded SHA-256", archive.ErrChecksum, rec.Name)
-	}
-	return out, nil
+	return out, err
 }
 
 // buffers recycles decodeTensor's output buffers between tensors, sparing

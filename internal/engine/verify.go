@@ -186,12 +186,6 @@ func Verify(ctx context.Context, basePath, ftPath, archivePath string, opt Verif
 // verifyChunk is the number of elements checkTensor converts at a time.
 const verifyChunk = 1 << 16
 
-// losslessKind reports the storage kinds that must give back the fine-tune's
-// bytes exactly.
-func losslessKind(kind string) bool {
-	return kind == archive.KindSame || kind == archive.KindXOR || kind == archive.KindFull
-}
-
 // checkTensor decodes one tensor as Reconstruct does (decodeTensor) and
 // compares it with the fine-tune's. Archive and base faults are returned as
 // errors; differences from FT go into the TensorCheck.
@@ -221,7 +215,7 @@ func checkTensor(ar *archive.Reader, base, ft *checkpoint.Checkpoint, rec *archi
 		c.Problem = "the fine-tune's bytes differ from those the archive was made from (SHA-256)"
 	}
 	c.Exact = bytes.Equal(out, ftData)
-	if !c.Exact && losslessKind(rec.Kind) && c.Problem == "" {
+	if !c.Exact && !archive.KindLossy(rec.Kind) && c.Problem == "" {
 		c.Problem = "stored bit-exact (" + rec.Kind + ") but reconstructed bytes differ from the fine-tune"
 	}
 	dt, err := safetensors.ParseDType(rec.DType)

@@ -5,10 +5,8 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/deltacome/deltacome/internal/alloc"
 	"github.com/deltacome/deltacome/internal/checkpoint"
-	"github.com/deltacome/deltacome/internal/lowrankbf16"
-	"github.com/deltacome/deltacome/internal/svdquant"
+	"github.com/deltacome/deltacome/internal/storage"
 	"github.com/deltacome/deltacome/pkg/archive"
 )
 
@@ -162,26 +160,23 @@ func rankZeroAhead(shape []uint64, opt *CompressOptions) bool {
 	if rows == 0 || cols == 0 {
 		return false
 	}
-	budget := svdquant.Budget(rows, cols, opt.Ratio)
-	switch opt.method() {
-	case MethodBitDelta:
+	k, ok := storage.ForMethod(opt.method())
+	if !ok || k.PairBytes == nil {
 		return false
-	case MethodLowRank:
-		return lowrankbf16.Cost(rows, cols, 1) > budget
 	}
-	return alloc.Cost(rows, cols, opt.GroupSize, []int{1}) > budget
+	budget, _ := k.Cost(rows, cols, opt.Ratio)
+	return k.PairBytes(rows, cols, opt.GroupSize) > budget
 }
 
 // rankZero reports whether a stored record is a lossy one that kept no
 // singular pair.
 func rankZero(rec *archive.Tensor) bool {
-	switch {
-	case rec.LowRank != nil:
-		return rec.LowRank.Rank == 0
-	case rec.LowRankBF16 != nil:
-		return rec.LowRankBF16.Rank == 0
+	k, ok := storage.Lookup(rec.Kind)
+	if !ok {
+		return false
 	}
-	return false
+	r := k.Report(rec).Rank
+	return r != nil && *r == 0
 }
 
 // rankZeroWarning reports the projections that kept rank 0 although their

@@ -4,6 +4,7 @@ import (
 	"runtime"
 
 	"github.com/deltacome/deltacome/internal/checkpoint"
+	"github.com/deltacome/deltacome/internal/storage"
 	"github.com/deltacome/deltacome/internal/svdquant"
 	"github.com/deltacome/deltacome/pkg/archive"
 )
@@ -37,20 +38,15 @@ func defaultWorkers(ft *checkpoint.Checkpoint) int {
 }
 
 // reconstructWorkers sizes the reconstruct pool the same way: a tensor in
-// flight holds its output bytes; a Delta-CoMe one also its decoded factors
-// in float32 (svdquant.Apply forms the product a block of rows at a time),
-// a BitDelta or low-rank-bf16 one the base and the delta in float32 (at most
-// 12 bytes per element in all).
+// flight holds what its kind's Memory says decoding it holds (its output
+// bytes, and for the lossy kinds their float32 working set).
 func reconstructWorkers(m *archive.Manifest) int {
 	var largest int64
-	for _, t := range m.Tensors {
+	for i := range m.Tensors {
+		t := &m.Tensors[i]
 		n := t.Bytes
-		switch {
-		case len(t.Shape) != 2:
-		case t.Kind == archive.KindLowRank && t.LowRank != nil:
-			n += 4 * int64(t.LowRank.Rank) * int64(t.Shape[0]+t.Shape[1])
-		case t.Kind == archive.KindBitDelta || t.Kind == archive.KindLowRankBF16:
-			n = 12 * int64(t.Shape[0]) * int64(t.Shape[1])
+		if k, ok := storage.Lookup(t.Kind); ok {
+			n = k.Memory(t)
 		}
 		largest = max(largest, n)
 	}

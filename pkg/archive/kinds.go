@@ -2,7 +2,9 @@ package archive
 
 // kind describes once what the format requires of one storage kind: its
 // blob roles, whether it is lossy, its description record, how it stands
-// to the base and what blobs its record implies. A new kind is added here.
+// to the base and what blobs its record implies. A new kind is added here,
+// and its codec (encoding, decoding, costs, reports) in the table of
+// internal/storage.
 // Validate checks every tensor record against its kind's entry; KindRoles
 // and KindLossy give the entry to writers and readers outside the package.
 type kind struct {
@@ -50,6 +52,14 @@ var methodKinds = map[string]string{
 	"lowrank":   KindLowRankBF16,
 }
 
+// MethodKind returns the lossy storage kind that method (Settings.Method
+// of mode "deltacome", "" meaning "deltacome") stores projections as, and
+// false for an unknown method.
+func MethodKind(method string) (string, bool) {
+	k, ok := methodKinds[method]
+	return k, ok
+}
+
 // lookupKind returns the entry of storage kind name, and false for an
 // unknown kind.
 func lookupKind(name string) (kind, bool) {
@@ -59,6 +69,16 @@ func lookupKind(name string) (kind, bool) {
 		}
 	}
 	return kind{}, false
+}
+
+// Kinds lists the storage kinds this reader knows, in the order of
+// docs/FORMAT.md section 2.5. The slice is the caller's.
+func Kinds() []string {
+	names := make([]string, len(kinds))
+	for i, k := range kinds {
+		names[i] = k.name
+	}
+	return names
 }
 
 // KindRoles returns the roles of the blobs a tensor of storage kind k
