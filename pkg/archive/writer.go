@@ -64,6 +64,19 @@ func (w *Writer) Add(b Blob, dt safetensors.DType, shape []uint64, stored []byte
 	return nil
 }
 
+// AddFrom appends blob b of the archive or part r, its stored bytes copied
+// as they are (their checksum verified) with their dtype and shape, and
+// releases them from r's mapping.
+func (w *Writer) AddFrom(r *Reader, b Blob) error {
+	stored, info, err := r.Stored(b)
+	if err != nil {
+		return err
+	}
+	err = w.Add(b, info.DType, info.Shape, stored)
+	r.Release(b)
+	return err
+}
+
 // Commit writes the archive with manifest m and renames it into place. After
 // Commit, successful or not, the Writer holds no temporary files.
 func (w *Writer) Commit(m *Manifest) (err error) {
