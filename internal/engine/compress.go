@@ -168,15 +168,8 @@ func Compress(ctx context.Context, basePath, ftPath, outPath string, opt Compres
 			baseHash[e.rec.Name] = e.baseSHA
 		}
 		m.Tensors = append(m.Tensors, e.rec)
-		ev := Event{Index: i, Total: len(names), Name: e.rec.Name, Shape: e.rec.Shape, DType: e.rec.DType,
-			Kind: e.rec.Kind, OrigBytes: e.rec.Bytes, StoredBytes: e.rec.StoredBytes()}
-		if lr := e.rec.LowRank; lr != nil {
-			ev.Rank, ev.Bands, ev.SVDFallback = lr.Rank, BandsString(lr.Bands), lr.SVDFallback
-		} else if lr := e.rec.LowRankBF16; lr != nil {
-			ev.Rank = lr.Rank
-		}
+		ev := tensorEvent(i, len(names), &e.rec)
 		if rel, norm, ok := e.rec.DeltaError(); ok {
-			ev.RelError = rel
 			errSq += (rel * norm) * (rel * norm)
 			normSq += norm * norm
 			sum.LossyTensors++

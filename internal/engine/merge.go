@@ -91,6 +91,10 @@ func Merge(ctx context.Context, partPaths []string, outPath string, opt MergeOpt
 	if opt.Progress == nil {
 		opt.Progress = NoProgress{}
 	}
+	if r, err := archive.OpenPart(outPath); err == nil {
+		r.Close()
+		return nil, errorf(ErrUsage, "the last argument, %s, is a part file: give the archive to write last (merge PART... OUT)", outPath)
+	}
 	if err := checkArchiveOut(outPath, opt.Overwrite, partPaths...); err != nil {
 		return nil, err
 	}
@@ -183,12 +187,7 @@ func Merge(ctx context.Context, partPaths []string, outPath string, opt MergeOpt
 			}
 		}
 		m.Tensors = append(m.Tensors, *o.rec)
-		ev := Event{Index: i, Total: len(names), Name: name, Shape: o.rec.Shape, DType: o.rec.DType,
-			Kind: o.rec.Kind, OrigBytes: o.rec.Bytes, StoredBytes: o.rec.StoredBytes()}
-		if rel, _, ok := o.rec.DeltaError(); ok {
-			ev.RelError = rel
-		}
-		opt.Progress.Tensor(ev)
+		opt.Progress.Tensor(tensorEvent(i, len(names), o.rec))
 	}
 	if side != nil {
 		for _, f := range side.Manifest.SideFiles {
