@@ -168,3 +168,20 @@ func TestAssignBalancesWork(t *testing.T) {
 		assert.LessOrEqual(t, float64(most), 4.0/3*max(float64(total)/float64(n), float64(largest)), "n=%d", n)
 	}
 }
+
+// TestMergeRefusesDamagedPart flips a byte of a blob of one part: the blob's
+// checksum fails while it is copied, and the merge leaves nothing behind.
+func TestMergeRefusesDamagedPart(t *testing.T) {
+	dir := t.TempDir()
+	parts := compressParts(t, dir, tinyBase, tinyFT, losslessOpts(), 2)
+	b, err := os.ReadFile(parts[1])
+	require.NoError(t, err)
+	b[len(b)-100] ^= 0x40 // inside the last blobs, past the header
+	require.NoError(t, os.WriteFile(parts[1], b, 0o644))
+
+	out := filepath.Join(dir, "out.dcm")
+	_, err = Merge(context.Background(), parts, out, MergeOptions{})
+	assert.ErrorIs(t, err, archive.ErrChecksum)
+	assert.ErrorContains(t, err, parts[1])
+	assert.ElementsMatch(t, []string{filepath.Base(parts[0]), filepath.Base(parts[1])}, fileNames(t, dir), "no archive, no temporary file")
+}

@@ -126,25 +126,6 @@ func (r *Reader) Blob(b Blob) ([]byte, error) {
 	return data, nil
 }
 
-// Stored returns the stored bytes of b (before decoding) after verifying
-// their checksum, with the blob's dtype and shape in the file; the bytes
-// alias the file mapping as Blob's do. Errors wrap ErrChecksum or ErrFormat.
-func (r *Reader) Stored(b Blob) ([]byte, stfile.Info, error) {
-	info, _ := r.file.Info(b.Tensor)
-	stored, err := r.file.Data(b.Tensor)
-	if err != nil {
-		return nil, info, fmt.Errorf("%w: %w", ErrFormat, err)
-	}
-	if got := CRC32C(stored); got != b.CRC32C {
-		return nil, info, fmt.Errorf("archive %s: %w: blob %q: crc32c %08x, manifest says %08x", r.file.Path(), ErrChecksum, b.Tensor, got, b.CRC32C)
-	}
-	return stored, info, nil
-}
-
-// Release tells the system that blob b's pages are not needed for now, so
-// that a pass over a large archive does not keep them resident.
-func (r *Reader) Release(b Blob) { r.file.Release(b.Tensor) }
-
 // Path returns the archive's file path.
 func (r *Reader) Path() string { return r.file.Path() }
 
