@@ -218,6 +218,15 @@ func renderParts(out io.Writer, parts []engine.PartShare, this engine.Shard) err
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	idle := 0
+	for _, s := range parts {
+		if s.Work == 0 {
+			idle++
+		}
+	}
+	if idle > 0 {
+		fmt.Fprintf(out, "%d parts get no work: at most %d workers are of use\n", idle, len(parts)-idle)
+	}
 	_, err := fmt.Fprintf(out, "the busiest part has %.1f%% of the work: %d workers take about 1/%.1f of one machine's time, plus the merge\n",
 		100*most/total, len(parts), total/most)
 	return err
