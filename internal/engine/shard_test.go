@@ -34,6 +34,9 @@ func TestShardMergeByteIdentical(t *testing.T) {
 	var err error // a few projections of layers 0 and 1 keep the test in seconds; the rest is stored bit-exact
 	lossy.Select, err = NewSelector([]string{`layers\.[01]\.self_attn\.[kv]_proj`}, nil)
 	require.NoError(t, err)
+	bitDelta := deltaOpts(t, 16, "auto")
+	bitDelta.Method = MethodBitDelta
+	shardedBase, shardedFT := shardedCopy(t, tinyBase, 2), shardedCopy(t, tinyFT, 3)
 	cases := []struct {
 		name     string
 		base, ft string
@@ -41,7 +44,9 @@ func TestShardMergeByteIdentical(t *testing.T) {
 	}{
 		{"lossy", tinyBase, tinyFT, lossy},
 		{"lossless", tinyBase, tinyFT, losslessOpts()},
-		{"sharded checkpoints", shardedCopy(t, tinyBase, 2), shardedCopy(t, tinyFT, 3), losslessOpts()},
+		{"sharded checkpoints, lossy", shardedBase, shardedFT, lossy},
+		{"sharded checkpoints, lossless", shardedBase, shardedFT, losslessOpts()},
+		{"sharded checkpoints, bitdelta", shardedBase, shardedFT, bitDelta},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
