@@ -190,7 +190,9 @@ func Compress(ctx context.Context, basePath, ftPath, outPath string, opt Compres
 
 	var mine func(string) bool // the base tensors this part records
 	if parts != nil {
-		mine = func(name string) bool { return parts.ft[name] == opt.Shard.Index || parts.baseOnly[name] == opt.Shard.Index }
+		mine = func(name string) bool {
+			return parts.ft[name] == opt.Shard.Index || parts.baseOnly[name] == opt.Shard.Index
+		}
 	}
 	if m.Base, err = fingerprintBase(ctx, base, baseHash, mine); err != nil {
 		return nil, err
