@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 
 	"github.com/deltacome/deltacome/internal/engine"
 	"github.com/deltacome/deltacome/internal/linalg"
+	"github.com/deltacome/deltacome/pkg/archive"
 )
 
 type compressOptions struct {
@@ -26,6 +28,7 @@ type compressOptions struct {
 	dryRun   bool
 	svd      string
 	force    bool
+	shard    string
 	// changed reports whether a flag was given on the command line; nil
 	// means none was (tests that build options directly).
 	changed func(name string) bool
@@ -42,6 +45,7 @@ func (o *compressOptions) addFlags(cmd *cobra.Command) {
 	f.BoolVar(&o.json, "json", false, "print a JSON summary on stdout instead of text (and no progress)")
 	f.BoolVarP(&o.dryRun, "dry-run", "n", false, "read the checkpoints' headers only, print the plan and the predicted archive size, write nothing (OUT may be omitted)")
 	f.BoolVarP(&o.force, "force", "f", false, "replace OUT if it exists (an input is never replaced)")
+	f.StringVar(&o.shard, "shard", "", "write part i of n (i/n, counting from 1) of the archive to OUT: a cost-balanced share of the work; 'deltacome merge' joins the n parts (see Parts)")
 }
 
 // given reports whether the flag name was set on the command line.
@@ -94,7 +98,30 @@ func (o *compressOptions) validate() (*engine.CompressOptions, error) {
 	if eo.SVD, err = linalg.ParseRoute(o.svd); err != nil {
 		return nil, usageError{fmt.Errorf("--svd: %w", err)}
 	}
+	if o.shard != "" {
+		if eo.Shard, err = parseShard(o.shard); err != nil {
+			return nil, err
+		}
+	}
 	return eo, nil
+}
+
+// parseShard parses --shard i/n.
+func parseShard(s string) (engine.Shard, error) {
+	is, ns, ok := strings.Cut(s, "/")
+	i, ierr := strconv.Atoi(is)
+	n, nerr := strconv.Atoi(ns)
+	switch {
+	case !ok || ierr != nil || nerr != nil:
+		return engine.Shard{}, usageError{fmt.Errorf("--shard %q: want i/n, part i of n counting from 1, such as 2/8", s)}
+	case n < 1 || n > archive.MaxParts:
+		return engine.Shard{}, usageError{fmt.Errorf("--shard %q: the part count must be 1 to %d", s, archive.MaxParts)}
+	case i == 0:
+		return engine.Shard{}, usageError{fmt.Errorf("--shard %q: parts count from 1; from a 0-based index such as JOB_COMPLETION_INDEX give $((JOB_COMPLETION_INDEX + 1))/%d", s, n)}
+	case i < 1 || i > n:
+		return engine.Shard{}, usageError{fmt.Errorf("--shard %q: the part must be 1 to %d", s, n)}
+	}
+	return engine.Shard{Index: i, Count: n}, nil
 }
 
 func newCompressCmd() *cobra.Command {
@@ -167,11 +194,22 @@ prints only a JSON summary on stdout.
 --dry-run reads the checkpoints' headers only and prints the plan: which
 tensors would be stored lossily, each one's exact byte budget, and bounds
 for the rest, whose size depends on bytes the plan does not read (a tensor
-equal to its base costs nothing, a changed one what zstd makes of it).` + exitCodesHelp,
+equal to its base costs nothing, a changed one what zstd makes of it).
+
+Parts: --shard i/n writes part i of n to OUT instead of the archive: a
+share of the tensors chosen from the checkpoints' headers and the flags
+alone, so that n workers given the same inputs and flags split the work
+with no coordinator, balanced by the estimated cost of each tensor (the
+SVDs of the large projections dominate). "deltacome merge" joins the n
+parts into the archive this command writes without --shard, byte for
+byte. With --dry-run, --shard i/n also prints each part's share of the
+work, to pick n. docs/DISTRIBUTED.md has recipes for Kubernetes, Slurm,
+GitHub Actions and xargs.` + exitCodesHelp,
 		Example: `  deltacome compress base.safetensors math.safetensors math.dcm
   deltacome compress --ratio 32 --schedule paper meta-llama/Llama-2-7b ./my-ft my-ft.dcm
   deltacome compress --lossless ./base ./ft ft-exact.dcm
-  deltacome compress --dry-run --ratio 32 ./base ./ft`,
+  deltacome compress --dry-run --ratio 32 ./base ./ft
+  deltacome compress --shard 2/8 ./base ./ft ft.part2.dcm`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if o.dryRun && len(args) == 2 {
 				return nil
@@ -193,6 +231,7 @@ equal to its base costs nothing, a changed one what zstd makes of it).` + exitCo
 // compressJSON is the --json summary.
 type compressJSON struct {
 	Archive     string  `json:"archive"`
+	Shard       string  `json:"shard,omitempty"`
 	Mode        string  `json:"mode"`
 	Method      string  `json:"method,omitempty"`
 	Tensors     int     `json:"tensors"`
@@ -223,6 +262,10 @@ func runCompress(ctx context.Context, o *compressOptions, base, ft, out string, 
 	res := compressJSON{Archive: out, Mode: eo.Mode, Method: eo.Method, Tensors: sum.Tensors, Lossy: sum.LossyTensors,
 		OrigBytes: sum.OrigBytes, ArchiveSize: sum.ArchiveSize, Ratio: float64(sum.OrigBytes) / float64(sum.ArchiveSize),
 		RelError: sum.AggRelError, Seconds: time.Since(start).Seconds(), Warnings: append([]engine.Warning{}, sum.Warnings...)}
+	what := "archive"
+	if eo.Shard != (engine.Shard{}) {
+		res.Shard, what = eo.Shard.String(), "part"
+	}
 	switch {
 	case o.json:
 		enc := json.NewEncoder(stdout)
@@ -231,7 +274,10 @@ func runCompress(ctx context.Context, o *compressOptions, base, ft, out string, 
 	case o.quiet:
 		return nil
 	}
-	_, err = fmt.Fprintf(stderr, "%s: %d tensors (%d lossy)\n  original size  %s\n  archive size   %s (measured on disk)\n  ratio          %.2f\n  projection err %.4f\n  time           %.1fs\n",
-		out, res.Tensors, res.Lossy, size(res.OrigBytes), size(res.ArchiveSize), res.Ratio, res.RelError, res.Seconds)
+	if res.Shard != "" {
+		fmt.Fprintf(stderr, "%s: part %s of the archive; merge it with the other parts (deltacome merge)\n", out, res.Shard)
+	}
+	_, err = fmt.Fprintf(stderr, "%s: %d tensors (%d lossy)\n  original size  %s\n  %-14s %s (measured on disk)\n  ratio          %.2f\n  projection err %.4f\n  time           %.1fs\n",
+		out, res.Tensors, res.Lossy, size(res.OrigBytes), what+" size", size(res.ArchiveSize), res.Ratio, res.RelError, res.Seconds)
 	return err
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"maps"
 	"slices"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/deltacome/deltacome/internal/engine"
@@ -28,6 +29,26 @@ type planJSON struct {
 	MaxArchiveBytes int64                    `json:"max_archive_bytes"`
 	MinRatio        float64                  `json:"min_ratio"`
 	Warnings        []engine.Warning         `json:"warnings"`
+	// Shard is present with --shard: each part's share of the work.
+	Shard *planShardJSON `json:"shard,omitempty"`
+}
+
+type planShardJSON struct {
+	Index int            `json:"index"`
+	Count int            `json:"count"`
+	Parts []planPartJSON `json:"parts"`
+	// Speedup is the whole work over the busiest part's.
+	Speedup float64 `json:"speedup"`
+}
+
+type planPartJSON struct {
+	Index        int     `json:"index"`
+	Tensors      int     `json:"tensors"`
+	LossyTensors int     `json:"lossy_tensors"`
+	OrigBytes    int64   `json:"original_bytes"`
+	BaseOnly     int     `json:"base_only_tensors"`
+	SideFiles    bool    `json:"side_files"`
+	WorkShare    float64 `json:"work_share"`
 }
 
 type planSettingsJSON struct {
@@ -46,6 +67,7 @@ type planTensorJSON struct {
 	OrigBytes int64    `json:"original_bytes"`
 	Budget    int64    `json:"budget,omitempty"`
 	MaxBytes  int64    `json:"max_bytes"`
+	Part      int      `json:"part,omitempty"`
 }
 
 // skippedFileJSON is an entry of the FT folder that is not carried.
@@ -84,7 +106,15 @@ func runDryRun(o *compressOptions, base, ft string, out io.Writer) error {
 		}
 		for _, t := range p.Tensors {
 			res.Tensors = append(res.Tensors, planTensorJSON{Name: t.Name, Shape: t.Shape, DType: t.DType, Kind: t.Kind,
-				OrigBytes: t.OrigBytes, Budget: t.Budget, MaxBytes: t.MaxBytes})
+				OrigBytes: t.OrigBytes, Budget: t.Budget, MaxBytes: t.MaxBytes, Part: t.Part})
+		}
+		if len(p.Parts) > 0 {
+			total, most := work(p.Parts)
+			res.Shard = &planShardJSON{Index: eo.Shard.Index, Count: eo.Shard.Count, Speedup: total / most}
+			for _, s := range p.Parts {
+				res.Shard.Parts = append(res.Shard.Parts, planPartJSON{Index: s.Index, Tensors: s.Tensors, LossyTensors: s.LossyTensors,
+					OrigBytes: s.OrigBytes, BaseOnly: s.BaseOnly, SideFiles: s.SideFiles, WorkShare: float64(s.Work) / total})
+			}
 		}
 		for k, t := range p.ByKind {
 			res.ByKind[k] = planTotalJSON{Tensors: t.Tensors, OrigBytes: t.OrigBytes, MaxBytes: t.MaxBytes}
@@ -102,13 +132,20 @@ func renderPlan(out io.Writer, p *engine.CompressPlan, eo *engine.CompressOption
 		fmt.Fprintf(out, "settings:  mode %s, method %s, ratio %g, schedule %s, group size %d\n\n", eo.Mode, eo.Method, eo.Ratio, eo.Schedule, eo.GroupSize)
 	}
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "tensor\tshape\tdtype\tplan\toriginal\tbudget\tat most\t")
+	partCol := ""
+	if len(p.Parts) > 0 {
+		partCol = "part\t"
+	}
+	fmt.Fprintln(tw, "tensor\tshape\tdtype\tplan\toriginal\tbudget\tat most\t"+partCol)
 	for _, t := range p.Tensors {
-		budget := ""
+		budget, part := "", ""
 		if t.Budget > 0 {
 			budget = fmt.Sprint(t.Budget)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t\n", t.Name, shapeString(t.Shape), t.DType, t.Kind, t.OrigBytes, budget, t.MaxBytes)
+		if partCol != "" {
+			part = fmt.Sprintf("%d\t", t.Part)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%d\t%s\n", t.Name, shapeString(t.Shape), t.DType, t.Kind, t.OrigBytes, budget, t.MaxBytes, part)
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -145,6 +182,9 @@ func renderPlan(out io.Writer, p *engine.CompressPlan, eo *engine.CompressOption
 		lossless.Tensors, size(lossless.OrigBytes), size(lossless.MaxBytes))
 	_, err := fmt.Fprintf(out, "predicted archive size: at most %s (%d bytes) for %s of tensors: ratio at least %s\n",
 		size(p.MaxArchiveBytes), p.MaxArchiveBytes, size(p.OrigBytes), ratioString(p.OrigBytes, p.MaxArchiveBytes))
+	if err == nil && len(p.Parts) > 0 {
+		err = renderParts(out, p.Parts, eo.Shard)
+	}
 	for _, w := range p.Warnings {
 		if w.Code == engine.WarnSkippedFile {
 			continue // listed with the side files
@@ -154,6 +194,52 @@ func renderPlan(out io.Writer, p *engine.CompressPlan, eo *engine.CompressOption
 		}
 	}
 	return err
+}
+
+// renderParts prints each part's share of the work, marking this worker's.
+func renderParts(out io.Writer, parts []engine.PartShare, this engine.Shard) error {
+	total, most := work(parts)
+	fmt.Fprintf(out, "\nparts: %d, balanced by the estimated work of each tensor (SVD operations of the lossy ones, bytes of all)\n", len(parts))
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "part\ttensors\tlossy\toriginal\twork\t\t")
+	for _, s := range parts {
+		var notes []string
+		if s.SideFiles {
+			notes = append(notes, "side files")
+		}
+		if s.BaseOnly > 0 {
+			notes = append(notes, fmt.Sprintf("hashes %d base-only tensors", s.BaseOnly))
+		}
+		if s.Index == this.Index {
+			notes = append(notes, "<- --shard "+this.String())
+		}
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%.1f%%\t%s\t\n", s.Index, s.Tensors, s.LossyTensors, size(s.OrigBytes), 100*float64(s.Work)/total, strings.Join(notes, ", "))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	idle := 0
+	for _, s := range parts {
+		if s.Work == 0 {
+			idle++
+		}
+	}
+	if idle > 0 {
+		fmt.Fprintf(out, "%d parts get no work: at most %d workers are of use\n", idle, len(parts)-idle)
+	}
+	_, err := fmt.Fprintf(out, "the busiest part has %.1f%% of the work: %d workers take about 1/%.1f of one machine's time, plus the merge\n",
+		100*most/total, len(parts), total/most)
+	return err
+}
+
+// work returns the total work of the parts and the busiest part's (each
+// at least 1, so that the ratios are defined).
+func work(parts []engine.PartShare) (total, most float64) {
+	for _, s := range parts {
+		total += float64(s.Work)
+		most = max(most, float64(s.Work))
+	}
+	return max(total, 1), max(most, 1)
 }
 
 // writeJSON writes v as indented JSON.

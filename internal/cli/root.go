@@ -79,6 +79,8 @@ quantized with more bits for larger singular values), and turns the delta
 back into full weights that transformers and vLLM load unchanged.
 
   deltacome compress BASE FT OUT.dcm      make an archive
+  deltacome compress --shard i/n BASE FT PART   part i of n of it, on worker i
+  deltacome merge PART... OUT.dcm         join the parts into the archive
   deltacome reconstruct BASE OUT.dcm DIR  get the fine-tune back
   deltacome inspect OUT.dcm               see what an archive holds
   deltacome verify BASE FT OUT.dcm        check an archive against FT
@@ -98,7 +100,7 @@ back into full weights that transformers and vLLM load unchanged.
 	root.SetErr(errOut)
 	addProfileFlag(root)
 	root.SetFlagErrorFunc(flagError)
-	root.AddCommand(newCompressCmd(), newReconstructCmd(), newInspectCmd(), newVerifyCmd(),
+	root.AddCommand(newCompressCmd(), newMergeCmd(), newReconstructCmd(), newInspectCmd(), newVerifyCmd(),
 		newCompareCmd(), newFingerprintCmd(), newVersionCmd(), newExportLoRACmd(),
 		newSynthCmd(), newGEMMRateCmd()) // the last two hidden: benchmark fixtures and floors
 	documentCompletion(root)

@@ -58,6 +58,11 @@ type CompressOptions struct {
 	// Overwrite replaces an existing archive at the output path; without it
 	// Compress refuses one (ErrExists). An input is never overwritten.
 	Overwrite bool
+	// Shard, when set, makes Compress write part Shard.Index of
+	// Shard.Count (a part file, docs/FORMAT.md section 7) instead of the
+	// archive: that part's share of the work, which Merge joins with the
+	// other parts into the archive Compress writes without it.
+	Shard Shard
 }
 
 // Summary totals a finished Compress.
@@ -74,7 +79,8 @@ type Summary struct {
 }
 
 // Compress writes an archive at outPath holding FT (ftPath) as a delta to
-// BASE (basePath). outPath is replaced only when the archive is complete.
+// BASE (basePath), or with opt.Shard one part of it. outPath is replaced
+// only when the file is complete.
 func Compress(ctx context.Context, basePath, ftPath, outPath string, opt CompressOptions) (*Summary, error) {
 	if err := opt.validate(); err != nil {
 		return nil, err
@@ -121,6 +127,17 @@ func Compress(ctx context.Context, basePath, ftPath, outPath string, opt Compres
 		opt.Workers = defaultWorkers(ft) // sized from cores and memory (workers.go)
 	}
 	names := ft.Names()
+	var parts *assignment // nil: the whole archive
+	if opt.Shard.sharded() {
+		if parts, err = assign(base, ft, side, &opt, opt.Shard.Count); err != nil {
+			return nil, err
+		}
+		names = parts.names(ft, opt.Shard.Index)
+		if m.Part, err = partRecord(base, ft, side, opt.Shard); err != nil {
+			return nil, err
+		}
+		m.Format, m.Version = archive.PartFormatName, archive.PartVersion
+	}
 	var total int64
 	for _, n := range names {
 		t, _ := ft.Tensor(n)
@@ -150,17 +167,8 @@ func Compress(ctx context.Context, basePath, ftPath, outPath string, opt Compres
 			baseHash[e.rec.Name] = e.baseSHA
 		}
 		m.Tensors = append(m.Tensors, e.rec)
-		ev := Event{Index: i, Total: len(names), Name: e.rec.Name, Shape: e.rec.Shape, DType: e.rec.DType,
-			Kind: e.rec.Kind, OrigBytes: e.rec.Bytes, StoredBytes: e.rec.StoredBytes()}
-		if k, ok := storage.Lookup(e.rec.Kind); ok {
-			r := k.Report(&e.rec)
-			if r.Rank != nil {
-				ev.Rank = *r.Rank
-			}
-			ev.Bands, ev.SVDFallback = BandsString(r.Bands), r.SVDFallback
-		}
+		ev := tensorEvent(i, len(names), &e.rec)
 		if rel, norm, ok := e.rec.DeltaError(); ok {
-			ev.RelError = rel
 			errSq += (rel * norm) * (rel * norm)
 			normSq += norm * norm
 			sum.LossyTensors++
@@ -179,28 +187,25 @@ func Compress(ctx context.Context, basePath, ftPath, outPath string, opt Compres
 		warn(rankZeroWarning(zeroRank))
 	}
 
-	if m.Base, err = fingerprintBase(ctx, base, baseHash); err != nil {
+	var mine func(string) bool // the base tensors this part records
+	if parts != nil {
+		mine = func(name string) bool {
+			return parts.ft[name] == opt.Shard.Index || parts.baseOnly[name] == opt.Shard.Index
+		}
+	}
+	if m.Base, err = fingerprintBase(ctx, base, baseHash, mine); err != nil {
 		return nil, err
 	}
 	m.Base.Source = sourceName(basePath)
-	if err := addSideFiles(side, w, m); err != nil {
-		return nil, err
+	if parts == nil || parts.side == opt.Shard.Index {
+		if err := addSideFiles(side, w, m); err != nil {
+			return nil, err
+		}
 	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	if err := checkArchiveOut(outPath, opt.Overwrite, basePath, ftPath); err != nil {
-		return nil, err // created meanwhile: never replaced unasked
-	}
-	if err := w.Commit(m); err != nil {
-		return nil, err
-	}
-	st, err := os.Stat(outPath)
-	if err != nil {
+	if sum.ArchiveSize, err = commit(ctx, w, m, outPath, opt.Overwrite, basePath, ftPath); err != nil {
 		return nil, err
 	}
 	sum.Tensors = len(names)
-	sum.ArchiveSize = st.Size()
 	if normSq > 0 {
 		sum.AggRelError = math.Sqrt(errSq / normSq)
 	}
@@ -218,6 +223,9 @@ func sourceName(path string) string {
 }
 
 func (opt *CompressOptions) validate() error {
+	if err := opt.Shard.validate(); err != nil {
+		return err
+	}
 	switch opt.Mode {
 	case ModeLossless:
 	case ModeDeltaCoMe:
@@ -366,12 +374,17 @@ func (e *encoded) add(role string, raw []byte, codec string, shuffle int, dt saf
 }
 
 // fingerprintBase builds the base record: every base tensor with its hash,
-// reusing the hashes computed while encoding and hashing the rest.
-func fingerprintBase(ctx context.Context, base *checkpoint.Checkpoint, known map[string]string) (archive.Base, error) {
+// reusing the hashes computed while encoding and hashing the rest. With
+// want, only the tensors it selects are recorded, and the record (a part's
+// share) has no fingerprint.
+func fingerprintBase(ctx context.Context, base *checkpoint.Checkpoint, known map[string]string, want func(name string) bool) (archive.Base, error) {
 	var b archive.Base
 	for _, name := range base.Names() {
 		if err := ctx.Err(); err != nil {
 			return b, err
+		}
+		if want != nil && !want(name) {
+			continue
 		}
 		t, _ := base.Tensor(name)
 		h, ok := known[name]
@@ -385,7 +398,9 @@ func fingerprintBase(ctx context.Context, base *checkpoint.Checkpoint, known map
 		}
 		b.Tensors = append(b.Tensors, archive.BaseTensor{Name: name, DType: t.DType.String(), Shape: t.Shape, SHA256: h})
 	}
-	b.Fingerprint = archive.Fingerprint(b.Tensors)
+	if want == nil {
+		b.Fingerprint = archive.Fingerprint(b.Tensors)
+	}
 	return b, nil
 }
 

@@ -1,7 +1,9 @@
 // Package engine runs deltacome's use cases: Compress (BASE + FT -> archive),
 // Reconstruct (BASE + archive -> checkpoint), Inspect (archive -> report),
-// Verify (archive against FT), Compare (the methods side by side) and
-// ExportLoRA (BASE + FT or archive -> PEFT adapter).
+// Verify (archive against FT), Compare (the methods side by side),
+// ExportLoRA (BASE + FT or archive -> PEFT adapter) and Merge (the parts
+// that Compress writes with a Shard, one per worker -> the archive; the
+// split is in shard.go).
 //
 // Each use case opens its inputs, plans the work tensor by tensor, runs it on
 // a bounded pool of workers whose results are consumed in tensor order (so

@@ -21,7 +21,7 @@ func Fingerprint(ctx context.Context, path string) (string, error) {
 		return "", errorf(ErrInput, "%w", err)
 	}
 	defer c.Close()
-	b, err := fingerprintBase(ctx, c, nil)
+	b, err := fingerprintBase(ctx, c, nil, nil)
 	if err != nil {
 		return "", err
 	}

@@ -1,12 +1,15 @@
 package engine
 
 import (
+	"context"
 	"errors"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
+
+	"github.com/deltacome/deltacome/pkg/archive"
 )
 
 // checkArchiveOut checks, before any work, that an archive can be written
@@ -32,6 +35,26 @@ func checkArchiveOut(out string, overwrite bool, inputs ...string) error {
 		return errorf(ErrExists, "%s exists; use --force to replace it", out)
 	}
 	return nil
+}
+
+// commit writes the archive w builds with manifest m at out, unless ctx is
+// done or out was created meanwhile by someone else (checkArchiveOut, with
+// the inputs), and returns its size in bytes.
+func commit(ctx context.Context, w *archive.Writer, m *archive.Manifest, out string, overwrite bool, inputs ...string) (int64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	if err := checkArchiveOut(out, overwrite, inputs...); err != nil {
+		return 0, err // created meanwhile: never replaced unasked
+	}
+	if err := w.Commit(m); err != nil {
+		return 0, err
+	}
+	st, err := os.Stat(out)
+	if err != nil {
+		return 0, err
+	}
+	return st.Size(), nil
 }
 
 // checkParent checks that the folder out is to be created in exists, is a

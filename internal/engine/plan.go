@@ -27,6 +27,9 @@ type PlannedTensor struct {
 	Name  string
 	DType string
 	Shape []uint64
+	// Part is the part that encodes the tensor when the plan is for
+	// CompressOptions.Shard (1 to its Count); 0 otherwise.
+	Part int
 	// Kind is the lossy kind of the method (archive.KindLowRank,
 	// KindBitDelta or KindLowRankBF16) for a selected projection, else
 	// archive.KindFull or PlanSameOrXOR. A projection equal to its base
@@ -70,6 +73,9 @@ type CompressPlan struct {
 	MaxArchiveBytes int64
 	// Warnings lists what Compress would warn about before its work.
 	Warnings []Warning
+	// Parts is each part's share of the work when the plan is for
+	// CompressOptions.Shard: the same for every part of one set.
+	Parts []PartShare
 }
 
 // PlanTotals sums planned tensors of one kind.
@@ -198,6 +204,16 @@ func Plan(basePath, ftPath string, opt CompressOptions) (*CompressPlan, error) {
 	side, skipped, err := ft.SideFiles()
 	if err != nil {
 		return nil, errorf(ErrInput, "fine-tune: %w", err)
+	}
+	if opt.Shard.sharded() {
+		a, err := assign(base, ft, side, &opt, opt.Shard.Count)
+		if err != nil {
+			return nil, err
+		}
+		p.Parts = a.shares
+		for i := range p.Tensors {
+			p.Tensors[i].Part = a.ft[p.Tensors[i].Name]
+		}
 	}
 	p.Skipped = skipped
 	p.Warnings = append(p.Warnings, skippedWarnings(skipped)...)

@@ -1,5 +1,10 @@
 package engine
 
+import (
+	"github.com/deltacome/deltacome/internal/storage"
+	"github.com/deltacome/deltacome/pkg/archive"
+)
+
 // Event reports one finished tensor.
 type Event struct {
 	// Index is the tensor's 0-based position, Total the number of tensors.
@@ -46,3 +51,19 @@ func (NoProgress) Tensor(Event) {}
 
 // Warn implements Progress.
 func (NoProgress) Warn(Warning) {}
+
+// tensorEvent is the event of the finished tensor rec, the i-th (0-based)
+// of total.
+func tensorEvent(i, total int, rec *archive.Tensor) Event {
+	ev := Event{Index: i, Total: total, Name: rec.Name, Shape: rec.Shape, DType: rec.DType,
+		Kind: rec.Kind, OrigBytes: rec.Bytes, StoredBytes: rec.StoredBytes()}
+	if k, ok := storage.Lookup(rec.Kind); ok {
+		r := k.Report(rec)
+		if r.Rank != nil {
+			ev.Rank = *r.Rank
+		}
+		ev.Bands, ev.SVDFallback = BandsString(r.Bands), r.SVDFallback
+	}
+	ev.RelError, _, _ = rec.DeltaError()
+	return ev
+}

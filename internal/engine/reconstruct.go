@@ -211,7 +211,7 @@ func checkBaseLayout(base *checkpoint.Checkpoint, m *archive.Manifest, force boo
 // --force that would only garble it. Hashing the whole given base happens
 // only on this path.
 func wrongBase(base *checkpoint.Checkpoint, m *archive.Manifest, why string) error {
-	got, err := fingerprintBase(context.Background(), base, nil)
+	got, err := fingerprintBase(context.Background(), base, nil, nil)
 	fp := got.Fingerprint
 	if err != nil {
 		fp = "unknown (" + err.Error() + ")"

@@ -31,4 +31,9 @@
 // size its work from an accepted record; Reader.Blob checks each blob's
 // CRC-32C and decoded size as it reads it. Errors wrap ErrFormat, ErrVersion
 // or ErrChecksum.
+//
+// A part file (format PartFormatName, docs/FORMAT.md section 7) holds one
+// worker's share of an archive's records and blobs. It is validated by the
+// same rules, adapted to a share; OpenPart reads one, and Open refuses one
+// with a *PartError.
 package archive

@@ -174,6 +174,10 @@ func FuzzManifest(f *testing.F) {
 	js, err := json.Marshal(r.Manifest)
 	require.NoError(f, err)
 	f.Add(string(js))
+	_, part := richPart(f) // validated as a part, then refused as one
+	pjs, err := json.Marshal(part)
+	require.NoError(f, err)
+	f.Add(string(pjs))
 	var m map[string]any
 	require.NoError(f, json.Unmarshal(js, &m))
 	for _, edit := range manifestEdits {

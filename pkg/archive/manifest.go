@@ -10,6 +10,20 @@ const FormatName = "deltacome"
 // introduced whenever an older reader would otherwise misread an archive.
 const Version = 1
 
+// PartFormatName is the value of Manifest.Format in a part file: one
+// worker's share of an archive, written by compress --shard and joined by
+// merge (docs/FORMAT.md section 7). Open refuses a part (ErrPart);
+// OpenPart reads one.
+const PartFormatName = "deltacome-part"
+
+// PartVersion is the part format version this package writes and the
+// newest it reads, under the rules of Version.
+const PartVersion = 1
+
+// MaxParts is the most parts one archive may be split into: far above any
+// useful worker count, and a bound on what a reader sizes from Part.Count.
+const MaxParts = 1 << 16
+
 // MetadataKey is the safetensors __metadata__ key holding the manifest JSON.
 const MetadataKey = "deltacome.manifest"
 
@@ -28,6 +42,9 @@ var (
 	ErrVersion = errors.New("unsupported archive format version")
 	// ErrChecksum reports stored bytes that do not match their checksum.
 	ErrChecksum = errors.New("checksum mismatch")
+	// ErrPart reports a part file where a whole archive is expected (see
+	// PartError); errors wrapping it wrap ErrFormat too.
+	ErrPart = errors.New("a part of an archive, not an archive")
 )
 
 // Storage kinds of a fine-tune tensor (Tensor.Kind).
@@ -90,6 +107,28 @@ type Manifest struct {
 	Layout    Layout     `json:"layout"`
 	SideFiles []SideFile `json:"side_files"`
 	Tensors   []Tensor   `json:"tensors"`
+	// Part is set in a part file (Format PartFormatName) only: which share
+	// of the archive it holds and what it was made from.
+	Part *Part `json:"part,omitempty"`
+}
+
+// Part describes a part file: share Index of Count of one archive's work.
+// The part's Tensors, SideFiles and Base.Tensors hold its share of the
+// records (Base.Fingerprint is empty: only the whole set gives it); its
+// Settings, Layout and Tool are the whole archive's.
+type Part struct {
+	// Index is the part's number, 1 to Count.
+	Index int `json:"index"`
+	// Count is the number of parts of the archive.
+	Count int `json:"count"`
+	// BaseTensors names every tensor of the base, in the order of the
+	// archive's base records; each is recorded (hashed) by one part.
+	BaseTensors []string `json:"base_tensors"`
+	// BaseIdentity and FineTuneIdentity identify the inputs the part was
+	// made from ("sha256:" + 64 lowercase hex digits, docs/FORMAT.md
+	// section 7.2): the parts of one archive carry the same values.
+	BaseIdentity     string `json:"base_identity"`
+	FineTuneIdentity string `json:"fine_tune_identity"`
 }
 
 // Settings records the options the archive was made with.

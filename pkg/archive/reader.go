@@ -17,17 +17,24 @@ type Reader struct {
 }
 
 // Open opens and validates the archive at path. Errors wrap ErrFormat,
-// ErrVersion, or the stfile package's errors for a broken safetensors file.
+// ErrVersion, or the stfile package's errors for a broken safetensors file;
+// a valid part file is refused with a *PartError (ErrPart).
 func Open(path string) (*Reader, error) {
 	f, err := stfile.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrFormat, err)
 	}
-	m, err := readManifest(f)
+	return open(f, false)
+}
+
+// OpenPart opens and validates the part file at path (docs/FORMAT.md
+// section 7), as Open does an archive; an archive is refused (ErrFormat).
+func OpenPart(path string) (*Reader, error) {
+	f, err := stfile.Open(path)
 	if err != nil {
-		return nil, errors.Join(fmt.Errorf("archive %s: %w", path, err), f.Close())
+		return nil, fmt.Errorf("%w: %w", ErrFormat, err)
 	}
-	return &Reader{Manifest: m, file: f}, nil
+	return open(f, true)
 }
 
 // Parse validates buf, the whole content of an archive file, as Open does;
@@ -38,12 +45,40 @@ func Parse(name string, buf []byte) (*Reader, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrFormat, err)
 	}
+	return open(f, false)
+}
+
+// open reads and validates f's manifest and requires a part file when
+// part is true, an archive otherwise. On error it closes f.
+func open(f *stfile.File, part bool) (*Reader, error) {
 	m, err := readManifest(f)
+	switch {
+	case err != nil:
+		err = fmt.Errorf("archive %s: %w", f.Path(), err)
+	case m.Part != nil && !part:
+		err = &PartError{Path: f.Path(), Index: m.Part.Index, Count: m.Part.Count}
+	case m.Part == nil && part:
+		err = fmt.Errorf("%w: %s is an archive, not a part file", ErrFormat, f.Path())
+	}
 	if err != nil {
-		return nil, fmt.Errorf("archive %s: %w", name, err)
+		return nil, errors.Join(err, f.Close())
 	}
 	return &Reader{Manifest: m, file: f}, nil
 }
+
+// PartError reports a valid part file where a whole archive is expected.
+// It matches ErrPart and ErrFormat.
+type PartError struct {
+	Path         string
+	Index, Count int
+}
+
+func (e *PartError) Error() string {
+	return fmt.Sprintf("%s is part %d of %d of an archive: merge first, all %d parts into one archive", e.Path, e.Index, e.Count, e.Count)
+}
+
+// Is reports whether target is ErrPart or ErrFormat.
+func (e *PartError) Is(target error) bool { return target == ErrPart || target == ErrFormat }
 
 func readManifest(f *stfile.File) (*Manifest, error) {
 	md := f.Metadata()

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/bits"
 	"slices"
+	"strings"
 
 	"github.com/nlpodyssey/safetensors"
 
@@ -41,6 +42,7 @@ const (
 func (m *Manifest) validate(blobs map[string]stfile.Info) error {
 	checks := []func() error{
 		m.validateHeader,
+		m.validatePart,
 		m.validateFiles,
 		m.validateSideFiles,
 		m.validateBase,
@@ -65,14 +67,18 @@ func refuse(what, field, format string, args ...any) error {
 // validateHeader checks format, version and the settings a reader relies
 // on: the mode and the method, which say which storage kinds may appear.
 func (m *Manifest) validateHeader() error {
-	if m.Format != FormatName {
-		return fmt.Errorf("%w: manifest format %q, want %q", ErrFormat, m.Format, FormatName)
+	what, newest := "archive", Version
+	switch {
+	case m.Format == PartFormatName && m.Part != nil:
+		what, newest = "part", PartVersion
+	case m.Format != FormatName || m.Part != nil:
+		return fmt.Errorf("%w: manifest format %q, want %q (or %q with a part record)", ErrFormat, m.Format, FormatName, PartFormatName)
 	}
 	if m.Version < 1 {
 		return fmt.Errorf("%w: manifest version %d", ErrFormat, m.Version)
 	}
-	if m.Version > Version {
-		return fmt.Errorf("%w: archive is version %d, this build reads up to %d; upgrade deltacome", ErrVersion, m.Version, Version)
+	if m.Version > newest {
+		return fmt.Errorf("%w: %s is version %d, this build reads up to %d; upgrade deltacome", ErrVersion, what, m.Version, newest)
 	}
 	s := m.Settings
 	if _, ok := s.lossyKind(); !ok {
@@ -85,6 +91,46 @@ func (m *Manifest) validateHeader() error {
 		return refuse("settings", "group_size", "%d is negative", s.GroupSize)
 	}
 	return nil
+}
+
+// validatePart checks a part file's part record: its place in the set, the
+// base tensor names and the identities (docs/FORMAT.md section 7).
+func (m *Manifest) validatePart() error {
+	p := m.Part
+	if p == nil {
+		return nil
+	}
+	if p.Count < 1 || p.Count > MaxParts {
+		return refuse("part", "count", "%d out of range [1, %d]", p.Count, MaxParts)
+	}
+	if p.Index < 1 || p.Index > p.Count {
+		return refuse("part", "index", "%d out of range [1, %d]", p.Index, p.Count)
+	}
+	if !isIdentity(p.BaseIdentity) {
+		return refuse("part", "base_identity", "%q is not sha256: and 64 lowercase hex digits", p.BaseIdentity)
+	}
+	if !isIdentity(p.FineTuneIdentity) {
+		return refuse("part", "fine_tune_identity", "%q is not sha256: and 64 lowercase hex digits", p.FineTuneIdentity)
+	}
+	seen := make(map[string]bool, len(p.BaseTensors))
+	for _, name := range p.BaseTensors {
+		if name == "" || seen[name] {
+			return refuse("part", "base_tensors", "%q is empty or listed twice", name)
+		}
+		seen[name] = true
+	}
+	for _, bt := range m.Base.Tensors {
+		if !seen[bt.Name] {
+			return refuse(fmt.Sprintf("base tensor %q", bt.Name), "name", "not in part.base_tensors")
+		}
+	}
+	return nil
+}
+
+// isIdentity reports whether s is an identity as section 7.2 writes it.
+func isIdentity(s string) bool {
+	hex, ok := strings.CutPrefix(s, "sha256:")
+	return ok && isSHA256(hex)
 }
 
 // lossyKind returns the one lossy kind an archive made with s may hold
@@ -174,6 +220,12 @@ func (m *Manifest) validateBase() error {
 		if !isSHA256(bt.SHA256) {
 			return refuse(what, "sha256", "%q is not 64 lowercase hex digits", bt.SHA256)
 		}
+	}
+	if m.Part != nil {
+		if m.Base.Fingerprint != "" {
+			return refuse("base", "fingerprint", "%q in a part, which holds only its share of the base records", m.Base.Fingerprint)
+		}
+		return nil
 	}
 	if fp := Fingerprint(m.Base.Tensors); fp != m.Base.Fingerprint {
 		return refuse("base", "fingerprint", "%q, the base records give %q", m.Base.Fingerprint, fp)
@@ -495,7 +547,8 @@ func checkCodec(what string, b Blob) error {
 
 // validateShards checks that each shard header parses as a safetensors
 // header and lists exactly the tensors recorded in that shard, with their
-// dtypes, shapes and sizes.
+// dtypes, shapes and sizes; in a part, which records its share of the
+// tensors, each record is listed and the rest need no record.
 func (m *Manifest) validateShards() error {
 	byName := make(map[string]*Tensor, len(m.Tensors))
 	for i := range m.Tensors {
@@ -511,6 +564,8 @@ func (m *Manifest) validateShards() error {
 		for _, info := range infos {
 			t, ok := byName[info.Name]
 			switch {
+			case !ok && m.Part != nil:
+				continue
 			case !ok:
 				return refuse(what, "header", "tensor %q has no record", info.Name)
 			case t.Shard != si:
@@ -519,7 +574,11 @@ func (m *Manifest) validateShards() error {
 				return refuse(what, "header", "tensor %q is %s %v there, %s %v in its record", info.Name, info.DType, info.Shape, t.DType, t.Shape)
 			}
 		}
-		listed += len(infos)
+		for _, info := range infos {
+			if _, ok := byName[info.Name]; ok {
+				listed++
+			}
+		}
 	}
 	if listed != len(m.Tensors) {
 		return refuse("layout", "shards", "the headers list %d tensors, %d are recorded", listed, len(m.Tensors))

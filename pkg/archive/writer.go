@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"os"
 	"path/filepath"
@@ -42,25 +43,73 @@ func Create(path string) (*Writer, error) {
 // Add appends a blob's stored bytes as tensor b.Tensor with the given dtype
 // and shape; shape x dtype size must equal len(stored).
 func (w *Writer) Add(b Blob, dt safetensors.DType, shape []uint64, stored []byte) error {
+	if err := w.check(b, dt, shape, int64(len(stored))); err != nil {
+		return err
+	}
+	if _, err := w.buf.Write(stored); err != nil {
+		return fmt.Errorf("write archive spool for %s: %w", w.path, err)
+	}
+	w.added(b, dt, shape)
+	return nil
+}
+
+// check checks that blob b, of n stored bytes, may be added as dt and shape.
+func (w *Writer) check(b Blob, dt safetensors.DType, shape []uint64, n int64) error {
 	if w.done {
 		return errors.New("archive writer: Add after Commit or Abort")
 	}
 	if w.names[b.Tensor] {
 		return fmt.Errorf("archive %s: blob %q added twice", w.path, b.Tensor)
 	}
-	n := dt.Size()
+	size := dt.Size()
 	for _, d := range shape {
-		n *= d
+		size *= d
 	}
-	if n != uint64(len(stored)) || int64(len(stored)) != b.Size {
-		return fmt.Errorf("archive %s: blob %q: %d bytes for %s%v (record says %d)", w.path, b.Tensor, len(stored), dt, shape, b.Size)
+	if size != uint64(n) || n != b.Size {
+		return fmt.Errorf("archive %s: blob %q: %d bytes for %s%v (record says %d)", w.path, b.Tensor, n, dt, shape, b.Size)
 	}
-	if _, err := w.buf.Write(stored); err != nil {
-		return fmt.Errorf("write archive spool for %s: %w", w.path, err)
-	}
+	return nil
+}
+
+// added records blob b, whose b.Size bytes were just spooled.
+func (w *Writer) added(b Blob, dt safetensors.DType, shape []uint64) {
 	w.names[b.Tensor] = true
-	w.infos = append(w.infos, stfile.Info{Name: b.Tensor, DType: dt, Shape: shape, Offset: w.off, Size: int64(len(stored))})
-	w.off += int64(len(stored))
+	w.infos = append(w.infos, stfile.Info{Name: b.Tensor, DType: dt, Shape: shape, Offset: w.off, Size: b.Size})
+	w.off += b.Size
+}
+
+// copyChunk is how much of a blob AddFrom copies before it lets the pages
+// read go: a blob may be as large as a tensor (gigabytes), and the copy's
+// memory stays this size whatever the blob's.
+const copyChunk = 64 << 20
+
+// AddFrom appends blob b of the archive or part r, its stored bytes copied
+// as they are with their dtype and shape in r, a chunk at a time, and
+// checks their CRC-32C (an error wrapping ErrChecksum leaves the Writer
+// to be aborted: the bytes are spooled by then).
+func (w *Writer) AddFrom(r *Reader, b Blob) error {
+	info, _ := r.file.Info(b.Tensor)
+	stored, err := r.file.Data(b.Tensor)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrFormat, err)
+	}
+	if err := w.check(b, info.DType, info.Shape, int64(len(stored))); err != nil {
+		return err
+	}
+	var crc uint32
+	for off := 0; off < len(stored); off += copyChunk {
+		p := stored[off:min(off+copyChunk, len(stored))]
+		crc = crc32.Update(crc, castagnoli, p)
+		if _, err := w.buf.Write(p); err != nil {
+			return fmt.Errorf("write archive spool for %s: %w", w.path, err)
+		}
+		r.file.Release(b.Tensor) // the pages read so far; p is no longer referenced
+	}
+	if crc != b.CRC32C {
+		w.done = true // what was spooled is not the blob: only Abort remains
+		return fmt.Errorf("archive %s: %w: blob %q: crc32c %08x, manifest says %08x", r.file.Path(), ErrChecksum, b.Tensor, crc, b.CRC32C)
+	}
+	w.added(b, info.DType, info.Shape)
 	return nil
 }
 
