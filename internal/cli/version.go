@@ -37,5 +37,5 @@ func runVersion(out io.Writer) error {
 
 // tool is what archives record as the tool that wrote them: the version,
 // and the BLAS kernels, whose rounding the lossy factors' last bits follow
-// (docs/PERFORMANCE.md, "Same bytes everywhere").
+// (docs/PERFORMANCE.md, section "Same bytes everywhere").
 func tool() string { return "deltacome " + Version + " (" + linalg.Kernel() + ")" }
