@@ -18,6 +18,12 @@
 # The row "compress@svd-rank" charges compress the same SVD at the rank the
 # ratio makes it compute (the pairs the budget holds at 2 bits), the floor
 # as the targets in docs/PERFORMANCE.md state it.
+#
+# Last, on the same layer, it times the CPU route a Python user would take
+# instead (scripts/numpy-route.py: numpy.linalg.svd of each projection's
+# delta, one run) and prints how many times faster deltacome's compress is.
+# PYTHON (default python3) runs it; skipped with a note when it has no
+# numpy, or with NUMPY=0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-bin/deltacome}
@@ -26,6 +32,7 @@ SVD=${SVD:-auto}
 RATIO=${RATIO:-16}
 DATA=${DATA:-bench-data/llama2-7b-1layer}
 OUT=${OUT:-bench-data/out}
+PYTHON=${PYTHON:-python3}
 
 if [ ! -x /usr/bin/time ]; then
 	echo "bench: /usr/bin/time is needed for peak RSS (apt-get install time)" >&2
@@ -74,3 +81,16 @@ for row in compress compress@svd-rank reconstruct; do
 		'BEGIN {printf "%-18s %9.1f %9.1f %10.1f %9.2f %8.0f %9.3f\n", s, w, f/w/1e9, fl, w/fl, r/1024, f/1e12}'
 done
 "$BIN" inspect "$OUT/layer.dcm" | grep -E '^ +lowrank ' || true
+
+# The route a Python user would take, on the same layer and machine.
+if [ "${NUMPY:-1}" = 0 ]; then
+	echo "numpy route: skipped (NUMPY=0)"
+elif ! "$PYTHON" -c 'import numpy' 2>/dev/null; then
+	echo "numpy route: skipped ($PYTHON has no numpy)"
+else
+	"$PYTHON" scripts/numpy-route.py "$DATA/base" "$DATA/ft" >"$OUT/numpy.log"
+	numpy_s=$(sed -n 's/^numpy_svd_s //p' "$OUT/numpy.log")
+	wall=$(cut -d' ' -f1 "$OUT/compress.times" | median)
+	awk -v n="$numpy_s" -v w="$wall" -v v="$("$PYTHON" -c 'import numpy; print(numpy.__version__)')" \
+		'BEGIN {printf "numpy route: %.1f s of numpy.linalg.svd (numpy %s, SVD alone, a lower bound); deltacome compress %.1f s: %.1fx faster\n", n, v, w, n/w}'
+fi

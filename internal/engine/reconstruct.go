@@ -364,7 +364,14 @@ type shardWriter struct {
 	next    int // index of the next shard to open
 	f       *os.File
 	w       *bufio.Writer
+	// off is the file offset the buffered writer has reached; synced is
+	// the offset up to which writeback has been started.
+	off, synced int64
 }
+
+// writebackChunk is how many written bytes of a shard accumulate before
+// their writeback to disk is started (startWriteback).
+const writebackChunk = 64 << 20
 
 // write appends data to shard si. Shards are written in increasing order.
 func (s *shardWriter) write(si int, data []byte) error {
@@ -373,6 +380,14 @@ func (s *shardWriter) write(si int, data []byte) error {
 	}
 	if _, err := s.w.Write(data); err != nil {
 		return fmt.Errorf("write %s: %w", s.f.Name(), err)
+	}
+	s.off += int64(len(data))
+	if s.off-s.synced >= writebackChunk {
+		if err := s.w.Flush(); err != nil {
+			return fmt.Errorf("write %s: %w", s.f.Name(), err)
+		}
+		startWriteback(s.f, s.synced, s.off-s.synced)
+		s.synced = s.off
 	}
 	return nil
 }
@@ -404,6 +419,7 @@ func (s *shardWriter) open(si int) error {
 		return fmt.Errorf("create shard: %w", err)
 	}
 	s.f, s.w, s.next = f, bufio.NewWriterSize(f, 1<<20), si+1
+	s.off, s.synced = 8+int64(len(s.headers[si])), 0
 	if err := stfile.WriteHeader(s.w, s.headers[si]); err != nil {
 		return fmt.Errorf("write %s: %w", f.Name(), err)
 	}
