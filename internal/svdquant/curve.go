@@ -39,7 +39,7 @@ func LadderBudgets(rows, cols int) []int64 {
 
 // Curve returns, for each of the increasing budgets, the bytes and the
 // total squared error |Delta - Delta_hat|_F^2 that Encode with that budget
-// (Options.MaxBytes) is predicted to give for delta, and |Delta|_F^2. It
+// (Options.MaxBytes, Ratio 0) is predicted to give for delta, and |Delta|_F^2. It
 // runs one truncated SVD, at the rank the largest budget needs, and the
 // schedule's allocation at every budget from the measured error of each
 // singular vector pair at each width (the allocator's own prediction: pairs'
@@ -92,7 +92,7 @@ func Curve(delta []float32, rows, cols int, budgets []int64, opt Options) (c all
 
 // budget returns the byte budget Encode works to.
 func (opt Options) budget(rows, cols int) int64 {
-	if opt.MaxBytes > 0 {
+	if opt.Ratio == 0 {
 		return opt.MaxBytes
 	}
 	return Budget(rows, cols, opt.Ratio)

@@ -39,7 +39,7 @@ func TestCurvePredictsEncode(t *testing.T) {
 	assert.InDelta(t, sumSq(delta), normSq, 1e-9*normSq)
 	for k, b := range budgets {
 		o := opt
-		o.MaxBytes = b
+		o.Ratio, o.MaxBytes = 0, b
 		enc, err := Encode(delta, rows, cols, o)
 		require.NoError(t, err)
 		got := enc.Record.RelError * enc.Record.RelError * normSq

@@ -23,10 +23,11 @@ var ErrNonFinite = errors.New("non-finite value")
 
 // Options configures Encode.
 type Options struct {
-	// Ratio: stored bytes <= fp16 size / Ratio (Budget).
+	// Ratio: stored bytes <= fp16 size / Ratio (Budget); 0 means MaxBytes
+	// is the budget.
 	Ratio float64
-	// MaxBytes, when positive, is the byte budget itself and Ratio is
-	// ignored (a budget chosen for an error target, see Curve).
+	// MaxBytes is the byte budget when Ratio is 0 (a budget chosen for an
+	// error target, see Curve).
 	MaxBytes int64
 	// Schedule allocates widths to singular vectors.
 	Schedule alloc.Schedule

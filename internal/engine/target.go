@@ -1,0 +1,216 @@
+package engine
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math"
+
+	"github.com/deltacome/deltacome/internal/alloc"
+	"github.com/deltacome/deltacome/internal/checkpoint"
+	"github.com/deltacome/deltacome/internal/storage"
+	"github.com/deltacome/deltacome/internal/svdquant"
+	"github.com/deltacome/deltacome/pkg/archive"
+)
+
+// An error target (CompressOptions.MaxError) is met in two passes over the
+// lossy projections, so that no more than the pool's tensors are in memory
+// at once:
+//
+//  1. curves: for each projection, one SVD and the allocation at every
+//     budget of svdquant.LadderBudgets give its predicted squared error
+//     versus bytes (svdquant.Curve); only these few numbers are kept.
+//  2. alloc.Target picks one budget per projection: the fewest total bytes
+//     whose predicted aggregate error sqrt(Σ err² / Σ |Delta|²) is at most
+//     the target, less targetMargin. Compress then encodes each projection
+//     with its budget. A projection whose measured error exceeds its share
+//     of the target (its predicted error scaled so that the shares add up to
+//     the target) is encoded again at the next budget of its ladder until
+//     it fits, so the archive's recorded aggregate error is at most the
+//     target whatever the prediction's accuracy.
+//
+// Every step is a function of the inputs and the flags alone, so the archive
+// is the same for any worker count.
+
+// targetMargin is the share of the squared error target held back from the
+// allocation, so that a measured error a little above its prediction
+// (quantization errors of different pairs are not exactly orthogonal) does
+// not make a projection step up its ladder. The prediction was within 0.1%
+// of the squared error on synthetic deltas (svdquant.TestCurvePredictsEncode)
+// and within 0.02% on the tiny-llama pair; 0.5% costs about 0.1% of bytes.
+const targetMargin = 0.005
+
+// targetPlan is the outcome of pass 1.
+type targetPlan struct {
+	maxError float64
+	tensors  map[string]*targetTensor
+	// Predicted totals of the chosen budgets, over the lossy tensors.
+	predSqErr, normSq float64
+	predBytes         int64
+	lossy             int
+}
+
+// targetTensor is pass 1's record of one lossy projection.
+type targetTensor struct {
+	ladder []int64     // candidate budgets, increasing
+	curve  alloc.Curve // predicted bytes and squared error at each
+	normSq float64     // |Delta|_F^2
+	choice int         // chosen ladder index
+	allow  float64     // the squared error it may have in the archive
+}
+
+// PredictedRelError is the aggregate relative error pass 1 predicts.
+func (p *targetPlan) PredictedRelError() float64 {
+	if p.normSq == 0 {
+		return 0
+	}
+	return math.Sqrt(p.predSqErr / p.normSq)
+}
+
+// planTarget runs pass 1 for opt.MaxError over the tensors of ft that
+// Compress stores lossily. It returns an error wrapping ErrUsage when the
+// target is below the least error the ladder reaches.
+func planTarget(ctx context.Context, base, ft *checkpoint.Checkpoint, opt *CompressOptions) (*targetPlan, error) {
+	var names []string
+	for _, n := range ft.Names() {
+		if class, _ := classify(base, ft, n, opt); class == classLossy { // errors refused by checkClasses
+			names = append(names, n)
+		}
+	}
+	workers := opt.Workers
+	if workers < 1 {
+		workers = defaultWorkers(ft)
+	}
+	p := &targetPlan{maxError: opt.MaxError, tensors: make(map[string]*targetTensor, len(names))}
+	work := func(_ context.Context, i int) (*targetTensor, error) {
+		tt, err := curveOf(base, ft, names[i], opt)
+		ft.Release(names[i])
+		base.Release(names[i])
+		return tt, err
+	}
+	var curves []alloc.Curve
+	consume := func(i int, tt *targetTensor) error {
+		p.tensors[names[i]] = tt
+		curves = append(curves, tt.curve)
+		p.normSq += tt.normSq
+		return nil
+	}
+	if err := ordered(ctx, len(names), workers, work, consume); err != nil {
+		return nil, err
+	}
+	p.lossy = len(names)
+	limit := opt.MaxError * opt.MaxError * p.normSq
+	choice, ok := alloc.Target(curves, limit*(1-targetMargin))
+	for i, n := range names {
+		tt := p.tensors[n]
+		tt.choice = choice[i]
+		p.predSqErr += tt.curve.SqErr[tt.choice]
+		p.predBytes += tt.curve.Bytes[tt.choice]
+	}
+	if !ok {
+		return nil, errorf(ErrUsage, "--max-error %g cannot be reached: the least aggregate error of the projections within %g of their fp16 size is %.4f (use a larger --max-error, or --lossless)",
+			opt.MaxError, 1/float64(svdquant.LadderMinRatio), p.PredictedRelError())
+	}
+	// Each tensor's share of the target: its predicted error scaled up so
+	// that the shares add up to the target (by norm when nothing is
+	// predicted). The factor just under 1 absorbs the rounding of the sums.
+	const roundingSlack = 1 - 1e-9
+	for _, n := range names {
+		tt := p.tensors[n]
+		if p.predSqErr > 0 {
+			tt.allow = tt.curve.SqErr[tt.choice] * (limit / p.predSqErr) * roundingSlack
+		} else {
+			tt.allow = tt.normSq * (limit / p.normSq) * roundingSlack
+		}
+	}
+	return p, nil
+}
+
+// curveOf returns pass 1's record of the projection name: its ladder and
+// predicted curve. A projection equal to its base (stored as nothing) has a
+// zero curve.
+func curveOf(base, ft *checkpoint.Checkpoint, name string, opt *CompressOptions) (*targetTensor, error) {
+	t, _ := ft.Tensor(name)
+	bt, _ := base.Tensor(name)
+	rows, cols := int(t.Shape[0]), int(t.Shape[1])
+	data, err := ft.Data(name)
+	if err != nil {
+		return nil, errorf(ErrInput, "fine-tune: %w", err)
+	}
+	bdata, err := base.Data(name)
+	if err != nil {
+		return nil, errorf(ErrInput, "base: %w", err)
+	}
+	tt := &targetTensor{ladder: svdquant.LadderBudgets(rows, cols)}
+	if bt.DType == t.DType && bytes.Equal(bdata, data) {
+		tt.curve = alloc.Curve{Bytes: make([]int64, len(tt.ladder)), SqErr: make([]float64, len(tt.ladder))}
+		return tt, nil
+	}
+	delta := make([]float32, rows*cols)
+	if err := svdquant.Delta(delta, data, t.DType, bdata, bt.DType); err != nil {
+		return nil, errorf(ErrInput, "tensor %q: %w", name, err)
+	}
+	tt.curve, tt.normSq, err = svdquant.Curve(delta, rows, cols, tt.ladder, opt.encodeOptions())
+	if err != nil {
+		return nil, fmt.Errorf("tensor %q: %w", name, err)
+	}
+	return tt, nil
+}
+
+// encodeOptions returns the svdquant options of opt's ratio.
+func (opt *CompressOptions) encodeOptions() svdquant.Options {
+	return svdquant.Options{Ratio: opt.Ratio, Schedule: opt.Schedule, GroupSize: opt.GroupSize, SVD: opt.SVD}
+}
+
+// storeTarget stores the projection of e (delta, rows x cols) at the budget
+// pass 1 chose for it, stepping up its ladder while the measured squared
+// error exceeds its share of the target (see planTarget).
+func (e *encoded) storeTarget(delta []float32, rows, cols int, opt CompressOptions) error {
+	tt := opt.target.tensors[e.rec.Name]
+	if tt == nil {
+		panic(fmt.Sprintf("engine: tensor %q has no target budget", e.rec.Name))
+	}
+	o := opt.encodeOptions()
+	o.Ratio = 0 // MaxBytes is the budget
+	for k := tt.choice; ; k++ {
+		o.MaxBytes = tt.ladder[k]
+		e.blobs = e.blobs[:0]
+		if err := e.store(archive.KindLowRank, &storage.Input{Delta: delta, Rows: rows, Cols: cols, Options: o}); err != nil {
+			return err
+		}
+		rel, norm, _ := e.rec.DeltaError()
+		if sq := (rel * norm) * (rel * norm); sq <= tt.allow || k == len(tt.ladder)-1 {
+			return nil
+		}
+	}
+}
+
+// checkTarget returns an error when the archive's aggregate error, from the
+// records' squared errors and norms, is above the target: nothing is then
+// written. With the step-ups of storeTarget this happens only when a
+// projection misses its share even at the top of its ladder.
+func (p *targetPlan) checkTarget(errSq, normSq float64) error {
+	if p == nil || normSq == 0 {
+		return nil
+	}
+	if got := math.Sqrt(errSq / normSq); got > p.maxError {
+		return errorf(ErrUsage, "the archive's aggregate error %.5f is above --max-error %g even with the largest budgets of the projections that missed their share; nothing written (use a larger --max-error, or --lossless)",
+			got, p.maxError)
+	}
+	return nil
+}
+
+// validateTarget checks MaxError and what it cannot be combined with.
+func (opt *CompressOptions) validateTarget() error {
+	switch e := opt.MaxError; {
+	case e == 0:
+		return nil
+	case !(e > 0 && e < 1):
+		return errorf(ErrUsage, "max error must be between 0 and 1 (a relative error), got %v", e)
+	case opt.method() != MethodDeltaCoMe:
+		return errorf(ErrUsage, "an error target applies to method deltacome only, not %s", opt.method())
+	case opt.Shard.sharded():
+		return errorf(ErrUsage, "an error target chooses every projection's budget from all of them, so it cannot be split into parts")
+	}
+	return nil
+}
