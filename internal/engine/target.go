@@ -214,3 +214,41 @@ func (opt *CompressOptions) validateTarget() error {
 	}
 	return nil
 }
+
+// TargetEstimate is what Compress's first pass predicts for an error
+// target: estimates from the allocation, before any encoding. The archive's
+// projections take about the predicted bytes (each plan fills its budget
+// nearly to the byte) unless one misses its share of the target and steps
+// up its ladder.
+type TargetEstimate struct {
+	// MaxError is the target.
+	MaxError float64
+	// RelError is the predicted aggregate relative error of the chosen
+	// budgets, a little below MaxError (targetMargin).
+	RelError float64
+	// LossyTensors counts the projections; LossyBytes is the sum of their
+	// predicted bytes, Budgets of their chosen budgets.
+	LossyTensors        int
+	LossyBytes, Budgets int64
+	// LadderPoints is the number of candidate budgets of each projection:
+	// its fp16 size / R for R from MaxRatio down to MinRatio, evenly
+	// spaced in log R.
+	LadderPoints, MinRatio, MaxRatio int
+}
+
+// estimate returns the plan's TargetEstimate.
+func (p *targetPlan) estimate() *TargetEstimate {
+	e := &TargetEstimate{MaxError: p.maxError, RelError: p.PredictedRelError(), LossyTensors: p.lossy, LossyBytes: p.predBytes,
+		LadderPoints: len(svdquant.LadderBudgets(1, 1)), MinRatio: svdquant.LadderMinRatio, MaxRatio: svdquant.LadderMaxRatio}
+	for _, tt := range p.tensors {
+		e.Budgets += tt.ladder[tt.choice]
+	}
+	return e
+}
+
+// budget returns the budget chosen for the lossy tensor name and the
+// bytes its plan is predicted to take.
+func (p *targetPlan) budget(name string) (budget, predicted int64) {
+	tt := p.tensors[name]
+	return tt.ladder[tt.choice], tt.curve.Bytes[tt.choice]
+}

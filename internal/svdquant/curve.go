@@ -18,20 +18,20 @@ import (
 const (
 	LadderMinRatio = 2
 	LadderMaxRatio = 1024
-	ladderSteps    = 8 // per octave
+	LadderSteps    = 8 // budgets per halving of the ratio
 )
 
 // LadderBudgets returns the candidate byte budgets of a rows x cols matrix
 // for an error target, increasing: Budget(rows, cols, R) for R from
-// LadderMaxRatio down to LadderMinRatio, ladderSteps ratios per octave.
+// LadderMaxRatio down to LadderMinRatio, LadderSteps ratios per octave.
 // Budgets repeated by rounding are kept, so that index k means the same
 // ratio for every matrix.
 func LadderBudgets(rows, cols int) []int64 {
 	octaves := math.Log2(LadderMaxRatio / LadderMinRatio)
-	n := int(octaves)*ladderSteps + 1
+	n := int(octaves)*LadderSteps + 1
 	out := make([]int64, n)
 	for k := range out {
-		ratio := LadderMaxRatio / math.Exp2(float64(k)/ladderSteps)
+		ratio := LadderMaxRatio / math.Exp2(float64(k)/LadderSteps)
 		out[k] = Budget(rows, cols, ratio)
 	}
 	return out
