@@ -213,3 +213,26 @@ func (c Curve) convex(a, b, d int) bool {
 	s2 := (c.SqErr[b] - c.SqErr[d]) * float64(c.Bytes[b]-c.Bytes[a])
 	return s1 > s2
 }
+
+// TargetWithin is Target with curve j restricted to its points lo[j] to
+// hi[j] (inclusive indices, lo[j] ≤ hi[j]): a trust region around a share
+// of the bytes decided elsewhere. The indices returned are into the whole
+// curves. It panics if the lengths differ or a range is empty or outside
+// its curve.
+func TargetWithin(curves []Curve, lo, hi []int, maxSqErr float64) (choice []int, ok bool) {
+	if len(lo) != len(curves) || len(hi) != len(curves) {
+		panic(fmt.Sprintf("alloc: %d curves, %d and %d range ends", len(curves), len(lo), len(hi)))
+	}
+	sub := make([]Curve, len(curves))
+	for j, c := range curves {
+		if lo[j] < 0 || hi[j] < lo[j] || hi[j] >= len(c.Bytes) {
+			panic(fmt.Sprintf("alloc: curve %d of %d points restricted to [%d, %d]", j, len(c.Bytes), lo[j], hi[j]))
+		}
+		sub[j] = Curve{Bytes: c.Bytes[lo[j] : hi[j]+1], SqErr: c.SqErr[lo[j] : hi[j]+1]}
+	}
+	choice, ok = Target(sub, maxSqErr)
+	for j := range choice {
+		choice[j] += lo[j]
+	}
+	return choice, ok
+}

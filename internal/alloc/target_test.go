@@ -149,3 +149,23 @@ func TestCurveHull(t *testing.T) {
 	// from (10,5) to (30,1)) (30,1) (40,1: no less error).
 	assert.Equal(t, []int{1, 2, 0}, c.hull())
 }
+
+func TestTargetWithin(t *testing.T) {
+	rng := rand.New(rand.NewPCG(2, 7))
+	curves := []Curve{randomCurve(rng, 8), randomCurve(rng, 8), randomCurve(rng, 8)}
+	lo, hi := []int{2, 3, 1}, []int{5, 3, 7}
+	var minErr, maxErr float64
+	for j, c := range curves {
+		minErr += slices.Min(c.SqErr[lo[j] : hi[j]+1])
+		maxErr += slices.Max(c.SqErr[lo[j] : hi[j]+1])
+	}
+	choice, ok := TargetWithin(curves, lo, hi, (minErr+maxErr)/2)
+	require.True(t, ok)
+	for j, k := range choice {
+		assert.GreaterOrEqual(t, k, lo[j])
+		assert.LessOrEqual(t, k, hi[j])
+	}
+	_, sqErr := totals(curves, choice)
+	assert.LessOrEqual(t, sqErr, (minErr+maxErr)/2)
+	assert.Panics(t, func() { TargetWithin(curves, []int{0, 0, 0}, []int{8, 0, 0}, 1) })
+}

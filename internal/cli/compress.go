@@ -24,6 +24,7 @@ type compressOptions struct {
 	method   string
 	ratio    float64
 	maxError float64
+	budget   string
 	quiet    bool
 	json     bool
 	dryRun   bool
@@ -40,6 +41,7 @@ func (o *compressOptions) addFlags(cmd *cobra.Command) {
 	f.BoolVar(&o.lossless, "lossless", false, "store every tensor bit-exact (XOR with the base, zstd): larger, no quality loss")
 	f.Float64Var(&o.ratio, "ratio", 16, "compression ratio of each projection: its stored bytes <= fp16 size / ratio")
 	f.Float64Var(&o.maxError, "max-error", 0, "instead of --ratio: the smallest archive whose aggregate projection error is at most this (0 < E < 1); reads every projection twice (see Trade-offs)")
+	f.StringVar(&o.budget, "budget", engine.BudgetModel, "with --max-error, how the bytes are spread: model (each projection's budget chosen within 0.75-1.5x of an even share, fewest bytes) or matrix (one ratio for every projection)")
 	f.StringVar(&o.method, "method", engine.MethodDeltaCoMe, "how projections are stored: deltacome (quantized singular vectors), bitdelta (1 bit/weight + a scale) or lowrank (bf16 top-r factors); see Trade-offs")
 	o.encodingFlags.addFlags(f)
 	f.StringVar(&o.svd, "svd", "auto", `truncated SVD route: "exact", "randomized" (block Krylov, several times faster on large matrices, under 1% more error) or "auto" (randomized from a short side of 1536 with OpenBLAS, 512 in pure Go; exact below)`)
@@ -59,11 +61,11 @@ func (o *compressOptions) notApplying() (flags []string, why string) {
 	var ignored []string
 	switch {
 	case o.lossless:
-		ignored, why = []string{"ratio", "max-error", "method", "schedule", "group-size", "include", "exclude", "svd"}, "--lossless stores every tensor bit-exact"
+		ignored, why = []string{"ratio", "max-error", "budget", "method", "schedule", "group-size", "include", "exclude", "svd"}, "--lossless stores every tensor bit-exact"
 	case o.method == engine.MethodBitDelta:
-		ignored, why = []string{"ratio", "max-error", "schedule", "group-size", "svd"}, "--method bitdelta stores one sign per weight and one scale, a fixed size"
+		ignored, why = []string{"ratio", "max-error", "budget", "schedule", "group-size", "svd"}, "--method bitdelta stores one sign per weight and one scale, a fixed size"
 	case o.method == engine.MethodLowRank:
-		ignored, why = []string{"max-error", "schedule", "group-size", "svd"}, "--method lowrank keeps bf16 factors from the exact SVD at the --ratio budget"
+		ignored, why = []string{"max-error", "budget", "schedule", "group-size", "svd"}, "--method lowrank keeps bf16 factors from the exact SVD at the --ratio budget"
 	}
 	for _, f := range ignored {
 		if o.given(f) {
@@ -100,8 +102,12 @@ func (o *compressOptions) validate() (*engine.CompressOptions, error) {
 			return nil, usageError{fmt.Errorf("--max-error must be a relative error between 0 and 1 (such as 0.3), got %v", o.maxError)}
 		case o.shard != "":
 			return nil, usageError{fmt.Errorf("--max-error cannot be combined with --shard: it chooses every projection's size from all of them; use --ratio for parts")}
+		case !slices.Contains(engine.BudgetModes, o.budget):
+			return nil, usageError{fmt.Errorf("--budget must be one of %s, got %q", strings.Join(engine.BudgetModes, ", "), o.budget)}
 		}
-		eo.MaxError = o.maxError
+		eo.MaxError, eo.Budget = o.maxError, o.budget
+	} else if o.given("budget") {
+		return nil, usageError{fmt.Errorf("--budget applies to --max-error only: with --ratio every projection gets fp16 size / ratio")}
 	}
 	eo.Overwrite = o.force
 	var err error

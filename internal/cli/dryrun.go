@@ -155,7 +155,7 @@ func renderPlan(out io.Writer, p *engine.CompressPlan, eo *engine.CompressOption
 	case eo.Mode == engine.ModeLossless:
 		fmt.Fprintf(out, "settings:  mode lossless\n\n")
 	case p.Target != nil:
-		fmt.Fprintf(out, "settings:  mode %s, method %s, max error %g, schedule %s, group size %d\n\n", eo.Mode, eo.Method, p.Target.MaxError, eo.Schedule, eo.GroupSize)
+		fmt.Fprintf(out, "settings:  mode %s, method %s, max error %g, budget %s, schedule %s, group size %d\n\n", eo.Mode, eo.Method, p.Target.MaxError, eo.Budget, eo.Schedule, eo.GroupSize)
 	default:
 		fmt.Fprintf(out, "settings:  mode %s, method %s, ratio %g, schedule %s, group size %d\n\n", eo.Mode, eo.Method, eo.Ratio, eo.Schedule, eo.GroupSize)
 	}

@@ -46,6 +46,9 @@ type CompressOptions struct {
 	// recorded, is at most MaxError (see target.go). Method deltacome only;
 	// not with Shard.
 	MaxError float64
+	// Budget is how MaxError spreads the bytes over the projections:
+	// BudgetModel (also "") or BudgetMatrix (see target.go).
+	Budget string
 	// Schedule allocates bit widths to singular vectors.
 	Schedule alloc.Schedule
 	// GroupSize is the quantization group length along each singular vector.
@@ -286,7 +289,7 @@ func newManifest(ft *checkpoint.Checkpoint, opt CompressOptions) (*archive.Manif
 	if opt.Mode == ModeDeltaCoMe {
 		m.Settings.Ratio = opt.Ratio
 		if opt.MaxError > 0 {
-			m.Settings.Ratio, m.Settings.MaxError = 0, opt.MaxError
+			m.Settings.Ratio, m.Settings.MaxError, m.Settings.Budget = 0, opt.MaxError, opt.budgetMode()
 		}
 		m.Settings.Schedule = opt.Schedule.String()
 		m.Settings.GroupSize = opt.GroupSize

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/deltacome/deltacome/internal/alloc"
 	"github.com/deltacome/deltacome/internal/checkpoint"
@@ -20,9 +21,12 @@ import (
 //  1. curves: for each projection, one SVD and the allocation at every
 //     budget of svdquant.LadderBudgets give its predicted squared error
 //     versus bytes (svdquant.Curve); only these few numbers are kept.
-//  2. alloc.Target picks one budget per projection: the fewest total bytes
-//     whose predicted aggregate error sqrt(Σ err² / Σ |Delta|²) is at most
-//     the target, less targetMargin. Compress then encodes each projection
+//  2. one budget per projection is chosen (chooseBudgets): the fewest total
+//     bytes found whose predicted aggregate error sqrt(Σ err² / Σ |Delta|²)
+//     is at most the target, less targetMargin, either with one ratio for
+//     every projection (BudgetMatrix) or with each projection's budget free
+//     within a trust region around that (BudgetModel, the default).
+//     Compress then encodes each projection
 //     with its budget. A projection whose measured error exceeds its share
 //     of the target (its predicted error scaled so that the shares add up to
 //     the target) is encoded again at the next budget of its ladder until
@@ -100,7 +104,11 @@ func planTarget(ctx context.Context, base, ft *checkpoint.Checkpoint, opt *Compr
 	}
 	p.lossy = len(names)
 	limit := opt.MaxError * opt.MaxError * p.normSq
-	choice, ok := alloc.Target(curves, limit*(1-targetMargin))
+	tts := make([]*targetTensor, len(names))
+	for i, n := range names {
+		tts[i] = p.tensors[n]
+	}
+	choice, ok := chooseBudgets(tts, curves, limit*(1-targetMargin), opt.budgetMode())
 	for i, n := range names {
 		tt := p.tensors[n]
 		tt.choice = choice[i]
@@ -211,6 +219,8 @@ func (opt *CompressOptions) validateTarget() error {
 		return errorf(ErrUsage, "an error target applies to method deltacome only, not %s", opt.method())
 	case opt.Shard.sharded():
 		return errorf(ErrUsage, "an error target chooses every projection's budget from all of them, so it cannot be split into parts")
+	case opt.Budget != "" && !slices.Contains(BudgetModes, opt.Budget):
+		return errorf(ErrUsage, "unknown budget mode %q (want model or matrix)", opt.Budget)
 	}
 	return nil
 }
@@ -251,4 +261,98 @@ func (p *targetPlan) estimate() *TargetEstimate {
 func (p *targetPlan) budget(name string) (budget, predicted int64) {
 	tt := p.tensors[name]
 	return tt.ladder[tt.choice], tt.curve.Bytes[tt.choice]
+}
+
+// Budget modes of an error target (CompressOptions.Budget).
+const (
+	// BudgetModel spreads the bytes over the projections by equal slope
+	// (alloc.TargetWithin), each projection's budget within
+	// [clampLow, clampHigh] times its share at one common ratio, the
+	// common ratio that gives the fewest bytes.
+	BudgetModel = "model"
+	// BudgetMatrix gives every projection the same ratio: the smallest of
+	// the ladder whose predicted aggregate error meets the target.
+	BudgetMatrix = "matrix"
+)
+
+// BudgetModes lists the budget modes, the default first.
+var BudgetModes = []string{BudgetModel, BudgetMatrix}
+
+// The trust region of BudgetModel. Minimising the aggregate squared error
+// with budgets left free starves the projections whose deltas are small in
+// norm but matter to the model (torch studies of Llama pairs: v_proj, with
+// a loss of task accuracy at ratio 64); holding each budget within
+// 0.75-1.5x of an even share keeps most of the gain (docs/TARGET.md).
+const (
+	clampLow  = 0.75
+	clampHigh = 1.5
+)
+
+// budgetMode returns opt.Budget with "" meaning BudgetModel.
+func (opt *CompressOptions) budgetMode() string {
+	if opt.Budget == "" {
+		return BudgetModel
+	}
+	return opt.Budget
+}
+
+// chooseBudgets returns the ladder index of each tensor for the squared
+// error bound maxSqErr in mode, and false (with each tensor's least-error
+// point) when no choice meets it. Every tensor's ladder has the same
+// length, index k meaning the same ratio.
+func chooseBudgets(tts []*targetTensor, curves []alloc.Curve, maxSqErr float64, mode string) ([]int, bool) {
+	if len(tts) == 0 {
+		return nil, true
+	}
+	n := len(tts[0].ladder)
+	total := func(choice []int) (bytes int64, sqErr float64) {
+		for j, c := range curves {
+			bytes += c.Bytes[choice[j]]
+			sqErr += c.SqErr[choice[j]]
+		}
+		return bytes, sqErr
+	}
+	uniform := func(k int) []int {
+		c := make([]int, len(tts))
+		for j := range c {
+			c[j] = k
+		}
+		return c
+	}
+	switch mode {
+	case BudgetMatrix:
+		for k := range n {
+			if _, e := total(uniform(k)); e <= maxSqErr {
+				return uniform(k), true
+			}
+		}
+	case BudgetModel:
+		var best []int
+		var bestBytes int64
+		lo, hi := make([]int, len(tts)), make([]int, len(tts))
+		for k := range n {
+			for j, tt := range tts {
+				lo[j], hi[j] = k, k
+				for lo[j] > 0 && float64(tt.ladder[lo[j]-1]) >= clampLow*float64(tt.ladder[k]) {
+					lo[j]--
+				}
+				for hi[j] < n-1 && float64(tt.ladder[hi[j]+1]) <= clampHigh*float64(tt.ladder[k]) {
+					hi[j]++
+				}
+			}
+			c, ok := alloc.TargetWithin(curves, lo, hi, maxSqErr)
+			if !ok {
+				continue
+			}
+			if b, _ := total(c); best == nil || b < bestBytes {
+				best, bestBytes = c, b
+			}
+		}
+		if best != nil {
+			return best, true
+		}
+	default:
+		panic(fmt.Sprintf("engine: unknown budget mode %q", mode))
+	}
+	return uniform(n - 1), false
 }

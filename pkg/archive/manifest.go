@@ -144,7 +144,11 @@ type Settings struct {
 	// MaxError is the aggregate relative error target the projections'
 	// budgets were chosen for (compress --max-error), in place of Ratio;
 	// absent when a ratio was given.
-	MaxError  float64  `json:"max_error,omitempty"`
+	MaxError float64 `json:"max_error,omitempty"`
+	// Budget is how the bytes were spread over the projections for
+	// MaxError: "model" (equal slope within a trust region) or "matrix"
+	// (one ratio for all); absent without MaxError.
+	Budget    string   `json:"budget,omitempty"`
 	Schedule  string   `json:"schedule,omitempty"`
 	GroupSize int      `json:"group_size,omitempty"`
 	SVD       string   `json:"svd,omitempty"`
