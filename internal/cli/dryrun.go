@@ -69,6 +69,7 @@ type planSettingsJSON struct {
 	Method    string  `json:"method,omitempty"`
 	Ratio     float64 `json:"ratio,omitempty"`
 	MaxError  float64 `json:"max_error,omitempty"`
+	Budget    string  `json:"budget,omitempty"`
 	Schedule  string  `json:"schedule,omitempty"`
 	GroupSize int     `json:"group_size,omitempty"`
 }
@@ -120,7 +121,7 @@ func runDryRun(ctx context.Context, o *compressOptions, base, ft string, out io.
 			res.Settings.Method, res.Settings.Ratio, res.Settings.Schedule, res.Settings.GroupSize = eo.Method, eo.Ratio, eo.Schedule.String(), eo.GroupSize
 		}
 		if tg := p.Target; tg != nil {
-			res.Settings.Ratio, res.Settings.MaxError = 0, tg.MaxError
+			res.Settings.Ratio, res.Settings.MaxError, res.Settings.Budget = 0, tg.MaxError, eo.Budget
 			lossless := losslessMax(p)
 			res.Estimate = &planEstimateJSON{Method: estimateMethod(tg), RelError: tg.RelError, LossyTensors: tg.LossyTensors,
 				LossyBytes: tg.LossyBytes, ArchiveBytes: tg.LossyBytes + p.HeaderBytes + lossless, LosslessBound: lossless}
