@@ -270,9 +270,11 @@ type compressJSON struct {
 	ArchiveSize int64   `json:"archive_bytes"`
 	Ratio       float64 `json:"ratio"`
 	RelError    float64 `json:"rel_error"`
-	// MaxError is --max-error, absent without it.
-	MaxError float64 `json:"max_error,omitempty"`
-	Seconds  float64 `json:"seconds"`
+	// MaxError is --max-error, absent without it; TargetSteps then counts
+	// the projections re-encoded one budget up for missing their share.
+	MaxError    float64 `json:"max_error,omitempty"`
+	TargetSteps *int    `json:"target_steps,omitempty"`
+	Seconds     float64 `json:"seconds"`
 	// Warnings is never null, so that scripts can count it.
 	Warnings []engine.Warning `json:"warnings"`
 }
@@ -294,6 +296,9 @@ func runCompress(ctx context.Context, o *compressOptions, base, ft, out string, 
 	res := compressJSON{Archive: out, Mode: eo.Mode, Method: eo.Method, Tensors: sum.Tensors, Lossy: sum.LossyTensors,
 		OrigBytes: sum.OrigBytes, ArchiveSize: sum.ArchiveSize, Ratio: float64(sum.OrigBytes) / float64(sum.ArchiveSize),
 		RelError: sum.AggRelError, MaxError: eo.MaxError, Seconds: time.Since(start).Seconds(), Warnings: append([]engine.Warning{}, sum.Warnings...)}
+	if eo.MaxError > 0 {
+		res.TargetSteps = &sum.TargetSteps
+	}
 	what := "archive"
 	if eo.Shard != (engine.Shard{}) {
 		res.Shard, what = eo.Shard.String(), "part"
@@ -311,7 +316,7 @@ func runCompress(ctx context.Context, o *compressOptions, base, ft, out string, 
 	}
 	target := ""
 	if res.MaxError > 0 {
-		target = fmt.Sprintf(" (--max-error %g)", res.MaxError)
+		target = fmt.Sprintf(" (--max-error %g; %d re-encodings at a larger budget)", res.MaxError, *res.TargetSteps)
 	}
 	_, err = fmt.Fprintf(stderr, "%s: %d tensors (%d lossy)\n  original size  %s\n  %-14s %s (measured on disk)\n  ratio          %.2f\n  projection err %.4f%s\n  time           %.1fs\n",
 		out, res.Tensors, res.Lossy, size(res.OrigBytes), what+" size", size(res.ArchiveSize), res.Ratio, res.RelError, target, res.Seconds)

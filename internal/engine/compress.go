@@ -89,6 +89,10 @@ type Summary struct {
 	AggRelError  float64
 	// Warnings lists what was reported through Progress.Warn, in order.
 	Warnings []Warning
+	// TargetSteps counts, for MaxError, the re-encodings of projections
+	// whose measured error missed their share of the target at the budget
+	// the first pass chose (each moved one step up its ladder).
+	TargetSteps int
 }
 
 // Compress writes an archive at outPath holding FT (ftPath) as a delta to
@@ -192,6 +196,7 @@ func Compress(ctx context.Context, basePath, ftPath, outPath string, opt Compres
 			sum.LossyTensors++
 		}
 		sum.OrigBytes += e.rec.Bytes
+		sum.TargetSteps += e.targetSteps
 		if rankZero(&e.rec) && !rankZeroAhead(e.rec.Shape, &opt) {
 			zeroRank = append(zeroRank, e.rec.Name)
 		}
@@ -309,6 +314,8 @@ type encoded struct {
 	rec     archive.Tensor
 	blobs   []blob
 	baseSHA string // SHA-256 of the paired base tensor, "" if none
+	// targetSteps counts the re-encodings of storeTarget.
+	targetSteps int
 }
 
 type blob struct {

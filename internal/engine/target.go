@@ -190,6 +190,7 @@ func (e *encoded) storeTarget(delta []float32, rows, cols int, opt CompressOptio
 		if sq := (rel * norm) * (rel * norm); sq <= tt.allow || k == len(tt.ladder)-1 {
 			return nil
 		}
+		e.targetSteps++
 	}
 }
 
