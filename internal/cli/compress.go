@@ -183,13 +183,18 @@ Trade-offs:
   --max-error instead of --ratio, a quality target: the smallest archive
               found whose aggregate projection error, sqrt(sum |Delta -
               Delta_hat|^2 / sum |Delta|^2) as the archive records it, is at
-              most E. Projections whose deltas are easy to approximate get
-              less than an even share of the bytes, hard ones more (each
-              between fp16 size / 1024 and / 2). It costs a first pass over
-              the projections (one SVD each, about half of the work of a
-              compress) before the usual one; --dry-run runs that pass
-              and prints the predicted size. On the bundled pair --max-error
-              0.2934 (what --ratio 16 gives) makes an archive 2.5% smaller.
+              most E (0 < E < 1). --budget model (default) gives projections
+              whose deltas are cheap to approximate fewer bytes and hard
+              ones more, each within 0.75-1.5x of an even share; --budget
+              matrix gives all one ratio (the ladder's, in 9% steps). It
+              costs a first pass over the projections (one SVD each and the
+              allocation at 73 budgets) before the encoding one: about 2.5x
+              the time of a --ratio compress on small models, less where the
+              SVD dominates. --dry-run runs that pass and prints the
+              estimated size. On the bundled pair, --max-error 0.2934 (the
+              error of --ratio 16) stores the projections in 11% fewer bytes
+              (docs/TARGET.md); v_proj gets 20% fewer, and whether that
+              costs task accuracy is not yet measured.
   --schedule  auto: choose each singular vector's width from {0,1,2,3,4,8}
               bits to minimise the measured error within the budget (best).
               paper: the Delta-CoMe paper's 8 bit x 2, 3 bit x 32, 2 bit for
