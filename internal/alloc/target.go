@@ -108,25 +108,11 @@ func Target(curves []Curve, maxSqErr float64) (choice []int, ok bool) {
 // makes the total fit at the least added bytes. Such a move exists: the
 // caller found one along the hull.
 func cheapestFit(curves []Curve, choice []int, maxSqErr float64, total func() float64) {
-	bestJ, bestK, bestAdd := -1, -1, int64(math.MaxInt64)
-	for j, c := range curves {
-		cur := choice[j]
-		for k := range c.Bytes {
-			add := c.Bytes[k] - c.Bytes[cur]
-			if k == cur || add >= bestAdd {
-				continue
-			}
-			choice[j] = k
-			if total() <= maxSqErr {
-				bestJ, bestK, bestAdd = j, k, add
-			}
-			choice[j] = cur
-		}
-	}
-	if bestJ < 0 {
+	j, k := cheapestMove(curves, choice, maxSqErr, total, math.MaxInt64)
+	if j < 0 {
 		panic("alloc: internal error: no single move fits after a hull segment did")
 	}
-	choice[bestJ] = bestK
+	choice[j] = k
 }
 
 // trim repeatedly applies the move of one curve to a cheaper point that
@@ -134,26 +120,35 @@ func cheapestFit(curves []Curve, choice []int, maxSqErr float64, total func() fl
 // left.
 func trim(curves []Curve, choice []int, maxSqErr float64, total func() float64) {
 	for {
-		bestJ, bestK, bestSave := -1, -1, int64(0)
-		for j, c := range curves {
-			cur := choice[j]
-			for k := range c.Bytes {
-				save := c.Bytes[cur] - c.Bytes[k]
-				if save <= bestSave {
-					continue
-				}
-				choice[j] = k
-				if total() <= maxSqErr {
-					bestJ, bestK, bestSave = j, k, save
-				}
-				choice[j] = cur
-			}
-		}
-		if bestJ < 0 {
+		j, k := cheapestMove(curves, choice, maxSqErr, total, 0)
+		if j < 0 {
 			return
 		}
-		choice[bestJ] = bestK
+		choice[j] = k
 	}
+}
+
+// cheapestMove returns the move of one curve j to another point k after
+// which the total is within maxSqErr, with the least change of bytes below
+// `below` (the first such move on ties), or j = -1 when there is none.
+// choice is left as it was.
+func cheapestMove(curves []Curve, choice []int, maxSqErr float64, total func() float64, below int64) (bestJ, bestK int) {
+	bestJ, bestK = -1, -1
+	for j, c := range curves {
+		cur := choice[j]
+		for k := range c.Bytes {
+			add := c.Bytes[k] - c.Bytes[cur]
+			if k == cur || add >= below {
+				continue
+			}
+			choice[j] = k
+			if total() <= maxSqErr {
+				bestJ, bestK, below = j, k, add
+			}
+			choice[j] = cur
+		}
+	}
+	return bestJ, bestK
 }
 
 // check panics on a malformed curve j.
