@@ -121,7 +121,10 @@ func runDryRun(ctx context.Context, o *compressOptions, base, ft string, out io.
 			res.Settings.Method, res.Settings.Ratio, res.Settings.Schedule, res.Settings.GroupSize = eo.Method, eo.Ratio, eo.Schedule.String(), eo.GroupSize
 		}
 		if tg := p.Target; tg != nil {
-			res.Settings.Ratio, res.Settings.MaxError, res.Settings.Budget = 0, tg.MaxError, eo.Budget
+			res.Settings.Budget = tg.Budget
+			if tg.MaxError > 0 {
+				res.Settings.Ratio, res.Settings.MaxError = 0, tg.MaxError
+			}
 			lossless := losslessMax(p)
 			res.Estimate = &planEstimateJSON{Method: estimateMethod(tg), RelError: tg.RelError, LossyTensors: tg.LossyTensors,
 				LossyBytes: tg.LossyBytes, ArchiveBytes: tg.LossyBytes + p.HeaderBytes + lossless, LosslessBound: lossless}
@@ -155,8 +158,10 @@ func renderPlan(out io.Writer, p *engine.CompressPlan, eo *engine.CompressOption
 	switch {
 	case eo.Mode == engine.ModeLossless:
 		fmt.Fprintf(out, "settings:  mode lossless\n\n")
+	case p.Target != nil && p.Target.MaxError > 0:
+		fmt.Fprintf(out, "settings:  mode %s, method %s, max error %g, budget %s, schedule %s, group size %d\n\n", eo.Mode, eo.Method, p.Target.MaxError, p.Target.Budget, eo.Schedule, eo.GroupSize)
 	case p.Target != nil:
-		fmt.Fprintf(out, "settings:  mode %s, method %s, max error %g, budget %s, schedule %s, group size %d\n\n", eo.Mode, eo.Method, p.Target.MaxError, eo.Budget, eo.Schedule, eo.GroupSize)
+		fmt.Fprintf(out, "settings:  mode %s, method %s, ratio %g, budget %s, schedule %s, group size %d\n\n", eo.Mode, eo.Method, eo.Ratio, p.Target.Budget, eo.Schedule, eo.GroupSize)
 	default:
 		fmt.Fprintf(out, "settings:  mode %s, method %s, ratio %g, schedule %s, group size %d\n\n", eo.Mode, eo.Method, eo.Ratio, eo.Schedule, eo.GroupSize)
 	}
@@ -289,8 +294,12 @@ func writeJSON(out io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
-// estimateMethod says how a --max-error estimate was made.
+// estimateMethod says how a first pass's estimate was made.
 func estimateMethod(t *engine.TargetEstimate) string {
+	if t.MaxError == 0 {
+		return fmt.Sprintf("compress's first pass: one SVD of each projection and the allocation at %d budgets per projection from 0.77x to 1.41x of its share of the ratio's budget, then the least predicted error whose budgets add up to at most the shares'; no vector encoded, so the archive differs by a few bytes per projection",
+			t.LadderPoints)
+	}
 	return fmt.Sprintf("compress's first pass: one SVD of each projection and the allocation at %d budgets per projection from fp16 size / %d to / %d, then the fewest bytes whose predicted error meets %g; no vector encoded, so the archive differs by a few bytes per projection, more if one misses its share of the error and takes a larger budget",
 		t.LadderPoints, t.MaxRatio, t.MinRatio, t.MaxError)
 }

@@ -46,8 +46,13 @@ type CompressOptions struct {
 	// recorded, is at most MaxError (see target.go). Method deltacome only;
 	// not with Shard.
 	MaxError float64
-	// Budget is how MaxError spreads the bytes over the projections:
-	// BudgetModel (also "") or BudgetMatrix (see target.go).
+	// Budget is how the bytes are spread over the projections (see
+	// target.go): BudgetMatrix, each projection fp16 size / Ratio or one
+	// common ratio for MaxError; BudgetModel, each projection's budget
+	// chosen within a trust region around that so that the aggregate
+	// error is least for the bytes (with Ratio: within Σ fp16 size / Ratio
+	// over the projections). "" means BudgetModel with MaxError and
+	// BudgetMatrix with Ratio.
 	Budget string
 	// Schedule allocates bit widths to singular vectors.
 	Schedule alloc.Schedule
@@ -134,7 +139,7 @@ func Compress(ctx context.Context, basePath, ftPath, outPath string, opt Compres
 	if err != nil {
 		return nil, err
 	}
-	if opt.MaxError > 0 {
+	if opt.firstPass() {
 		if opt.target, err = planTarget(ctx, base, ft, &opt); err != nil {
 			return nil, err
 		}
@@ -293,8 +298,11 @@ func newManifest(ft *checkpoint.Checkpoint, opt CompressOptions) (*archive.Manif
 	}
 	if opt.Mode == ModeDeltaCoMe {
 		m.Settings.Ratio = opt.Ratio
-		if opt.MaxError > 0 {
+		switch {
+		case opt.MaxError > 0:
 			m.Settings.Ratio, m.Settings.MaxError, m.Settings.Budget = 0, opt.MaxError, opt.budgetMode()
+		case opt.firstPass():
+			m.Settings.Budget = BudgetModel
 		}
 		m.Settings.Schedule = opt.Schedule.String()
 		m.Settings.GroupSize = opt.GroupSize

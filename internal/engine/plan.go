@@ -190,7 +190,7 @@ func PlanContext(ctx context.Context, basePath, ftPath string, opt CompressOptio
 	defer ft.Close()
 
 	p := &CompressPlan{ByKind: map[string]*PlanTotals{}, Warnings: pairWarnings(base, ft, &opt)}
-	if opt.MaxError > 0 {
+	if opt.firstPass() {
 		if err := checkClasses(base, ft, &opt); err != nil {
 			return nil, err
 		}
@@ -212,7 +212,10 @@ func PlanContext(ctx context.Context, basePath, ftPath string, opt CompressOptio
 			pt.Kind = k.Name
 			pt.Budget, pt.MaxBytes = k.Cost(int(t.Shape[0]), int(t.Shape[1]), opt.Ratio)
 			if opt.target != nil {
-				pt.Budget, pt.MaxBytes = opt.target.budget(name)
+				pt.Budget, pt.MaxBytes = opt.target.budgetOf(name)
+				if opt.MaxError == 0 {
+					pt.MaxBytes = pt.Budget // no step-ups at a ratio: a bound
+				}
 			}
 		case classFull:
 			pt.Kind, pt.MaxBytes = archive.KindFull, zstdBound(t.Size)

@@ -46,7 +46,8 @@ const targetMargin = 0.005
 
 // targetPlan is the outcome of pass 1.
 type targetPlan struct {
-	maxError float64
+	maxError float64 // 0 for a model-wide budget at a ratio
+	budget   string  // the budget mode
 	tensors  map[string]*targetTensor
 	// Predicted totals of the chosen budgets, over the lossy tensors.
 	predSqErr, normSq float64
@@ -71,9 +72,10 @@ func (p *targetPlan) PredictedRelError() float64 {
 	return math.Sqrt(p.predSqErr / p.normSq)
 }
 
-// planTarget runs pass 1 for opt.MaxError over the tensors of ft that
-// Compress stores lossily. It returns an error wrapping ErrUsage when the
-// target is below the least error the ladder reaches.
+// planTarget runs pass 1 for opt.MaxError, or for opt.Ratio with
+// BudgetModel, over the tensors of ft that Compress stores lossily. It
+// returns an error wrapping ErrUsage when the target is below the least
+// error the ladder reaches.
 func planTarget(ctx context.Context, base, ft *checkpoint.Checkpoint, opt *CompressOptions) (*targetPlan, error) {
 	var names []string
 	for _, n := range ft.Names() {
@@ -85,7 +87,7 @@ func planTarget(ctx context.Context, base, ft *checkpoint.Checkpoint, opt *Compr
 	if workers < 1 {
 		workers = defaultWorkers(ft)
 	}
-	p := &targetPlan{maxError: opt.MaxError, tensors: make(map[string]*targetTensor, len(names))}
+	p := &targetPlan{maxError: opt.MaxError, budget: opt.budgetMode(), tensors: make(map[string]*targetTensor, len(names))}
 	work := func(_ context.Context, i int) (*targetTensor, error) {
 		tt, err := curveOf(base, ft, names[i], opt)
 		ft.Release(names[i])
@@ -103,11 +105,19 @@ func planTarget(ctx context.Context, base, ft *checkpoint.Checkpoint, opt *Compr
 		return nil, err
 	}
 	p.lossy = len(names)
-	limit := opt.MaxError * opt.MaxError * p.normSq
 	tts := make([]*targetTensor, len(names))
 	for i, n := range names {
 		tts[i] = p.tensors[n]
 	}
+	if opt.MaxError == 0 { // --ratio with BudgetModel
+		for i, c := range spendBudget(tts, curves) {
+			tts[i].choice, tts[i].allow = c, math.Inf(1)
+			p.predSqErr += tts[i].curve.SqErr[c]
+			p.predBytes += tts[i].curve.Bytes[c]
+		}
+		return p, nil
+	}
+	limit := opt.MaxError * opt.MaxError * p.normSq
 	choice, ok := chooseBudgets(tts, curves, limit*(1-targetMargin), opt.budgetMode())
 	for i, n := range names {
 		tt := p.tensors[n]
@@ -149,7 +159,7 @@ func curveOf(base, ft *checkpoint.Checkpoint, name string, opt *CompressOptions)
 	if err != nil {
 		return nil, errorf(ErrInput, "base: %w", err)
 	}
-	tt := &targetTensor{ladder: svdquant.LadderBudgets(rows, cols)}
+	tt := &targetTensor{ladder: opt.ladder(rows, cols)}
 	if bt.DType == t.DType && bytes.Equal(bdata, data) {
 		tt.curve = alloc.Curve{Bytes: make([]int64, len(tt.ladder)), SqErr: make([]float64, len(tt.ladder))}
 		return tt, nil
@@ -209,19 +219,21 @@ func (p *targetPlan) checkTarget(errSq, normSq float64) error {
 	return nil
 }
 
-// validateTarget checks MaxError and what it cannot be combined with.
+// validateTarget checks MaxError and Budget and what they cannot be
+// combined with.
 func (opt *CompressOptions) validateTarget() error {
-	switch e := opt.MaxError; {
-	case e == 0:
-		return nil
-	case !(e > 0 && e < 1):
-		return errorf(ErrUsage, "max error must be between 0 and 1 (a relative error), got %v", e)
-	case opt.method() != MethodDeltaCoMe:
-		return errorf(ErrUsage, "an error target applies to method deltacome only, not %s", opt.method())
-	case opt.Shard.sharded():
-		return errorf(ErrUsage, "an error target chooses every projection's budget from all of them, so it cannot be split into parts")
+	e := opt.MaxError
+	switch {
 	case opt.Budget != "" && !slices.Contains(BudgetModes, opt.Budget):
 		return errorf(ErrUsage, "unknown budget mode %q (want model or matrix)", opt.Budget)
+	case e != 0 && !(e > 0 && e < 1):
+		return errorf(ErrUsage, "max error must be between 0 and 1 (a relative error), got %v", e)
+	case !opt.firstPass():
+		return nil
+	case opt.method() != MethodDeltaCoMe:
+		return errorf(ErrUsage, "an error target or a model-wide budget applies to method deltacome only, not %s", opt.method())
+	case opt.Shard.sharded():
+		return errorf(ErrUsage, "an error target or a model-wide budget chooses every projection's budget from all of them, so it cannot be split into parts")
 	}
 	return nil
 }
@@ -232,8 +244,10 @@ func (opt *CompressOptions) validateTarget() error {
 // nearly to the byte) unless one misses its share of the target and steps
 // up its ladder.
 type TargetEstimate struct {
-	// MaxError is the target.
+	// MaxError is the target; 0 for a model-wide budget at a ratio.
 	MaxError float64
+	// Budget is the budget mode (BudgetModel or BudgetMatrix).
+	Budget string
 	// RelError is the predicted aggregate relative error of the chosen
 	// budgets, a little below MaxError (targetMargin).
 	RelError float64
@@ -243,23 +257,27 @@ type TargetEstimate struct {
 	LossyBytes, Budgets int64
 	// LadderPoints is the number of candidate budgets of each projection:
 	// its fp16 size / R for R from MaxRatio down to MinRatio, evenly
-	// spaced in log R.
+	// spaced in log R (for a ratio, MinRatio and MaxRatio are 0 and the
+	// budgets svdquant.ShareBudgets).
 	LadderPoints, MinRatio, MaxRatio int
 }
 
 // estimate returns the plan's TargetEstimate.
 func (p *targetPlan) estimate() *TargetEstimate {
-	e := &TargetEstimate{MaxError: p.maxError, RelError: p.PredictedRelError(), LossyTensors: p.lossy, LossyBytes: p.predBytes,
+	e := &TargetEstimate{MaxError: p.maxError, Budget: p.budget, RelError: p.PredictedRelError(), LossyTensors: p.lossy, LossyBytes: p.predBytes,
 		LadderPoints: len(svdquant.LadderBudgets(1, 1)), MinRatio: svdquant.LadderMinRatio, MaxRatio: svdquant.LadderMaxRatio}
+	if p.maxError == 0 {
+		e.LadderPoints, e.MinRatio, e.MaxRatio = len(svdquant.ShareBudgets(1, 1, 1)), 0, 0
+	}
 	for _, tt := range p.tensors {
 		e.Budgets += tt.ladder[tt.choice]
 	}
 	return e
 }
 
-// budget returns the budget chosen for the lossy tensor name and the
+// budgetOf returns the budget chosen for the lossy tensor name and the
 // bytes its plan is predicted to take.
-func (p *targetPlan) budget(name string) (budget, predicted int64) {
+func (p *targetPlan) budgetOf(name string) (budget, predicted int64) {
 	tt := p.tensors[name]
 	return tt.ladder[tt.choice], tt.curve.Bytes[tt.choice]
 }
@@ -289,12 +307,75 @@ const (
 	clampHigh = 1.5
 )
 
-// budgetMode returns opt.Budget with "" meaning BudgetModel.
+// budgetMode returns opt.Budget, "" meaning BudgetModel with MaxError and
+// BudgetMatrix without.
 func (opt *CompressOptions) budgetMode() string {
-	if opt.Budget == "" {
+	switch {
+	case opt.Budget != "":
+		return opt.Budget
+	case opt.MaxError > 0:
 		return BudgetModel
 	}
-	return opt.Budget
+	return BudgetMatrix
+}
+
+// firstPass reports whether Compress chooses the budgets in a first pass:
+// for an error target, or for one budget across the model at a ratio.
+func (opt *CompressOptions) firstPass() bool {
+	return opt.Mode == ModeDeltaCoMe && (opt.MaxError > 0 || opt.budgetMode() == BudgetModel)
+}
+
+// ladder returns the candidate budgets of a rows x cols projection: the
+// whole ladder for an error target, the trust region around its share of
+// the ratio's budget otherwise.
+func (opt *CompressOptions) ladder(rows, cols int) []int64 {
+	if opt.MaxError > 0 {
+		return svdquant.LadderBudgets(rows, cols)
+	}
+	return svdquant.ShareBudgets(rows, cols, opt.Ratio)
+}
+
+// spendBudget returns, for --ratio with BudgetModel, the ladder index of
+// each tensor (ladders from svdquant.ShareBudgets) that gives the least
+// predicted aggregate error whose budgets add up to at most the sum of the
+// shares, so that the projections' stored bytes stay within Σ fp16 size /
+// ratio. It bisects on the error bound of alloc.Target, whose curves count
+// the budgets themselves as the bytes, and keeps the best choice within
+// the total; the shares themselves are the fallback.
+func spendBudget(tts []*targetTensor, curves []alloc.Curve) []int {
+	byBudget := make([]alloc.Curve, len(tts))
+	best := make([]int, len(tts))
+	var total int64
+	bestErr := 0.0
+	for j, tt := range tts {
+		byBudget[j] = alloc.Curve{Bytes: tt.ladder, SqErr: curves[j].SqErr}
+		best[j] = svdquant.ShareIndex
+		total += tt.ladder[svdquant.ShareIndex]
+		bestErr += curves[j].SqErr[svdquant.ShareIndex]
+	}
+	sum := func(choice []int) (bytes int64, sqErr float64) {
+		for j, k := range choice {
+			bytes += tts[j].ladder[k]
+			sqErr += curves[j].SqErr[k]
+		}
+		return bytes, sqErr
+	}
+	lo, hi := 0.0, bestErr
+	// 64 halvings take the bound to float64 resolution from any start.
+	for range 64 {
+		mid := lo + (hi-lo)/2
+		c, ok := alloc.Target(byBudget, mid)
+		b, e := sum(c)
+		if !ok || b > total {
+			lo = mid
+			continue
+		}
+		hi = mid
+		if e < bestErr {
+			best, bestErr = c, e
+		}
+	}
+	return best
 }
 
 // chooseBudgets returns the ladder index of each tensor for the squared

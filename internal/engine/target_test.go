@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/deltacome/deltacome/internal/svdquant"
 	"github.com/deltacome/deltacome/pkg/archive"
 )
 
@@ -87,4 +88,45 @@ func TestMaxErrorRefused(t *testing.T) {
 			assert.NoFileExists(t, out)
 		})
 	}
+}
+
+// TestRatioModelBudget compresses the bundled pair at ratio 32 with one
+// budget across the model: the projections together stay within the sum
+// of their fp16 size / 32, each within 0.75-1.5x of it, and the aggregate
+// error is below the per-matrix archive's.
+func TestRatioModelBudget(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	const ratio = 32
+	perMatrix := filepath.Join(dir, "matrix.dcm")
+	_, err := Compress(ctx, tinyBase, tinyFT, perMatrix, deltaOpts(t, ratio, "auto"))
+	require.NoError(t, err)
+	model := filepath.Join(dir, "model.dcm")
+	opt := deltaOpts(t, ratio, "auto")
+	opt.Budget = BudgetModel
+	_, err = Compress(ctx, tinyBase, tinyFT, model, opt)
+	require.NoError(t, err)
+
+	r, err := archive.Open(model)
+	require.NoError(t, err)
+	defer r.Close()
+	assert.Equal(t, BudgetModel, r.Manifest.Settings.Budget)
+	assert.Equal(t, float64(ratio), r.Manifest.Settings.Ratio)
+	var stored, shares int64
+	for i := range r.Manifest.Tensors {
+		tn := &r.Manifest.Tensors[i]
+		if tn.LowRank == nil {
+			continue
+		}
+		share := svdquant.Budget(int(tn.Shape[0]), int(tn.Shape[1]), ratio)
+		shares += share
+		stored += tn.StoredBytes()
+		assert.GreaterOrEqual(t, float64(tn.LowRank.Budget), clampLow*float64(share), tn.Name)
+		assert.LessOrEqual(t, float64(tn.LowRank.Budget), clampHigh*float64(share), tn.Name)
+	}
+	assert.LessOrEqual(t, stored, shares)
+	got, _ := recordedError(t, model)
+	want, _ := recordedError(t, perMatrix)
+	t.Logf("ratio %d: per-matrix error %.5f, model %.5f; %d of %d bytes", ratio, want, got, stored, shares)
+	assert.Less(t, got, want)
 }

@@ -97,3 +97,19 @@ func (opt Options) budget(rows, cols int) int64 {
 	}
 	return Budget(rows, cols, opt.Ratio)
 }
+
+// ShareIndex is the index, in ShareBudgets, of the share itself.
+const ShareIndex = 3
+
+// ShareBudgets returns the candidate budgets of a rows x cols matrix whose
+// share of a model-wide budget is Budget(rows, cols, ratio), increasing:
+// LadderSteps per octave from 0.77x to 1.41x of the share (the share
+// itself at ShareIndex), the steps of the ladder that lie within the
+// trust region 0.75-1.5x.
+func ShareBudgets(rows, cols int, ratio float64) []int64 {
+	out := make([]int64, 0, 8)
+	for s := -ShareIndex; s <= 4; s++ {
+		out = append(out, Budget(rows, cols, ratio/math.Exp2(float64(s)/LadderSteps)))
+	}
+	return out
+}

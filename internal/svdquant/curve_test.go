@@ -23,6 +23,17 @@ func TestLadderBudgets(t *testing.T) {
 	}
 }
 
+func TestShareBudgets(t *testing.T) {
+	b := ShareBudgets(4096, 11008, 16)
+	share := Budget(4096, 11008, 16)
+	assert.Equal(t, share, b[ShareIndex])
+	assert.GreaterOrEqual(t, float64(b[0]), 0.75*float64(share))
+	assert.LessOrEqual(t, float64(b[len(b)-1]), 1.5*float64(share))
+	for k := 1; k < len(b); k++ {
+		assert.Greater(t, b[k], b[k-1])
+	}
+}
+
 // TestCurvePredictsEncode checks that the error Curve predicts for each
 // budget is close to what Encode with that budget measures, and that both
 // fall with the budget.
