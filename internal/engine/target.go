@@ -209,7 +209,7 @@ func (e *encoded) storeTarget(delta []float32, rows, cols int, opt CompressOptio
 // written. With the step-ups of storeTarget this happens only when a
 // projection misses its share even at the top of its ladder.
 func (p *targetPlan) checkTarget(errSq, normSq float64) error {
-	if p == nil || normSq == 0 {
+	if p == nil || p.maxError == 0 || normSq == 0 {
 		return nil
 	}
 	if got := math.Sqrt(errSq / normSq); got > p.maxError {
