@@ -33,6 +33,16 @@ func recordedError(t *testing.T, path string) (relError float64, size int64) {
 	return math.Sqrt(errSq / normSq), st.Size()
 }
 
+// twoLayerOpts are deltaOpts at ratio with the projections of the first two
+// layers of the bundled pair selected: 14 real projections, half the time.
+func twoLayerOpts(t *testing.T, ratio float64) CompressOptions {
+	opt := deltaOpts(t, ratio, "auto")
+	sel, err := NewSelector([]string{`^model\.layers\.[01]\..*_proj\.weight$`}, nil)
+	require.NoError(t, err)
+	opt.Select = sel
+	return opt
+}
+
 // TestMaxErrorTiny compresses the bundled pair to error targets: the
 // archive's recorded aggregate error must be at most the target, a looser
 // target must give a smaller archive, and the settings record the target.
@@ -41,7 +51,7 @@ func TestMaxErrorTiny(t *testing.T) {
 	dir := t.TempDir()
 	var prevSize int64
 	for _, target := range []float64{0.3, 0.4} {
-		opt := deltaOpts(t, 16, "auto")
+		opt := twoLayerOpts(t, 16)
 		opt.MaxError = target
 		out := filepath.Join(dir, "t.dcm")
 		opt.Overwrite = true
@@ -99,10 +109,10 @@ func TestRatioModelBudget(t *testing.T) {
 	dir := t.TempDir()
 	const ratio = 32
 	perMatrix := filepath.Join(dir, "matrix.dcm")
-	_, err := Compress(ctx, tinyBase, tinyFT, perMatrix, deltaOpts(t, ratio, "auto"))
+	_, err := Compress(ctx, tinyBase, tinyFT, perMatrix, twoLayerOpts(t, ratio))
 	require.NoError(t, err)
 	model := filepath.Join(dir, "model.dcm")
-	opt := deltaOpts(t, ratio, "auto")
+	opt := twoLayerOpts(t, ratio)
 	opt.Budget = BudgetModel
 	_, err = Compress(ctx, tinyBase, tinyFT, model, opt)
 	require.NoError(t, err)
