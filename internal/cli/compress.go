@@ -206,8 +206,9 @@ Trade-offs:
               sum (with --ratio the per-model promise: the projections
               together take at most fp16 size / ratio; one matrix may take
               up to 1.41x its share). On the bundled pairs at ratios 16-64 it
-              lowers the error by 1-6% at equal bytes; it needs the first
-              pass --max-error has. Default: matrix with --ratio, model with
+              lowers the error by 0.7-6% at equal bytes, partly by giving
+              v_proj fewer bytes (docs/TARGET.md); it needs the first pass
+              --max-error has. Default: matrix with --ratio, model with
               --max-error.
   --schedule  auto: choose each singular vector's width from {0,1,2,3,4,8}
               bits to minimise the measured error within the budget (best).
