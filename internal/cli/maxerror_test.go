@@ -76,4 +76,22 @@ func TestMaxErrorCommand(t *testing.T) {
 	require.Equal(t, ExitOK, code, stderr)
 	assert.Contains(t, stdout, "estimated archive size: about")
 	assert.Contains(t, stdout, "budget matrix")
+
+	stdout, stderr, code = execute(t, "compress", "-n", "--json", "--ratio", "32", "--budget", "model", base, ft)
+	require.Equal(t, ExitOK, code, stderr)
+	plan = planJSON{}
+	require.NoError(t, json.Unmarshal([]byte(stdout), &plan))
+	require.NotNil(t, plan.Estimate)
+	assert.Equal(t, "model", plan.Settings.Budget)
+	assert.Equal(t, 32.0, plan.Settings.Ratio)
+	assert.Zero(t, plan.Settings.MaxError)
+	var budgets, shares int64
+	for _, tn := range plan.Tensors {
+		if tn.Kind == archive.KindLowRank {
+			budgets += tn.Budget
+			shares += int64(tn.Shape[0] * tn.Shape[1] * 2 / 32)
+			assert.Equal(t, tn.Budget, tn.MaxBytes, "at a ratio the budget is a bound")
+		}
+	}
+	assert.LessOrEqual(t, budgets, shares)
 }
