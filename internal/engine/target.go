@@ -26,12 +26,16 @@ import (
 //     is at most the target, less targetMargin, either with one ratio for
 //     every projection (BudgetMatrix) or with each projection's budget free
 //     within a trust region around that (BudgetModel, the default).
-//     Compress then encodes each projection
-//     with its budget. A projection whose measured error exceeds its share
-//     of the target (its predicted error scaled so that the shares add up to
-//     the target) is encoded again at the next budget of its ladder until
-//     it fits, so the archive's recorded aggregate error is at most the
-//     target whatever the prediction's accuracy.
+//     Compress then encodes each projection with its budget. A projection
+//     whose measured error exceeds its share of the target (its predicted
+//     error scaled so that the shares add up to the target) is encoded
+//     again at the next budget of its ladder until it fits, so the
+//     archive's recorded aggregate error is at most the target whatever the
+//     prediction's accuracy.
+//
+// A ratio with BudgetModel takes the same first pass over the budgets of
+// svdquant.ShareBudgets and chooses the least predicted error whose budgets
+// add up to at most the shares' (spendBudget); nothing is re-encoded.
 //
 // Every step is a function of the inputs and the flags alone, so the archive
 // is the same for any worker count.
@@ -41,7 +45,8 @@ import (
 // (quantization errors of different pairs are not exactly orthogonal) does
 // not make a projection step up its ladder. The prediction was within 0.1%
 // of the squared error on synthetic deltas (svdquant.TestCurvePredictsEncode)
-// and within 0.02% on the tiny-llama pair; 0.5% costs about 0.1% of bytes.
+// and within 0.03% on the tiny-llama pair; 0.5% costs about 0.5% of bytes
+// (bytes go about as the squared error to the power -1.1 there).
 const targetMargin = 0.005
 
 // targetPlan is the outcome of pass 1.
@@ -64,8 +69,8 @@ type targetTensor struct {
 	allow  float64     // the squared error it may have in the archive
 }
 
-// PredictedRelError is the aggregate relative error pass 1 predicts.
-func (p *targetPlan) PredictedRelError() float64 {
+// predictedRelError is the aggregate relative error pass 1 predicts.
+func (p *targetPlan) predictedRelError() float64 {
 	if p.normSq == 0 {
 		return 0
 	}
@@ -126,8 +131,8 @@ func planTarget(ctx context.Context, base, ft *checkpoint.Checkpoint, opt *Compr
 		p.predBytes += tt.curve.Bytes[tt.choice]
 	}
 	if !ok {
-		return nil, errorf(ErrUsage, "--max-error %g cannot be reached: the least aggregate error of the projections within %g of their fp16 size is %.4f (use a larger --max-error, or --lossless)",
-			opt.MaxError, 1/float64(svdquant.LadderMinRatio), p.PredictedRelError())
+		return nil, errorf(ErrUsage, "--max-error %g cannot be reached: the least aggregate error of the projections, each at up to fp16 size / %d, is %.4f (use a larger --max-error, or --lossless)",
+			opt.MaxError, svdquant.LadderMinRatio, p.predictedRelError())
 	}
 	// Each tensor's share of the target: its predicted error scaled up so
 	// that the shares add up to the target (by norm when nothing is
@@ -264,7 +269,7 @@ type TargetEstimate struct {
 
 // estimate returns the plan's TargetEstimate.
 func (p *targetPlan) estimate() *TargetEstimate {
-	e := &TargetEstimate{MaxError: p.maxError, Budget: p.budget, RelError: p.PredictedRelError(), LossyTensors: p.lossy, LossyBytes: p.predBytes,
+	e := &TargetEstimate{MaxError: p.maxError, Budget: p.budget, RelError: p.predictedRelError(), LossyTensors: p.lossy, LossyBytes: p.predBytes,
 		LadderPoints: len(svdquant.LadderBudgets(1, 1)), MinRatio: svdquant.LadderMinRatio, MaxRatio: svdquant.LadderMaxRatio}
 	if p.maxError == 0 {
 		e.LadderPoints, e.MinRatio, e.MaxRatio = len(svdquant.ShareBudgets(1, 1, 1)), 0, 0
