@@ -100,10 +100,14 @@ func planTarget(ctx context.Context, base, ft *checkpoint.Checkpoint, opt *Compr
 		return tt, err
 	}
 	var curves []alloc.Curve
+	fp, _ := opt.Progress.(FirstPassProgress)
 	consume := func(i int, tt *targetTensor) error {
 		p.tensors[names[i]] = tt
 		curves = append(curves, tt.curve)
 		p.normSq += tt.normSq
+		if fp != nil {
+			fp.FirstPass(i+1, len(names), names[i])
+		}
 		return nil
 	}
 	if err := ordered(ctx, len(names), workers, work, consume); err != nil {
