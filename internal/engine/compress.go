@@ -78,8 +78,8 @@ type CompressOptions struct {
 	// other parts into the archive Compress writes without it.
 	Shard Shard
 
-	// target is the budget of each lossy tensor for MaxError, set by
-	// Compress before it encodes.
+	// target is the budget of each lossy tensor chosen by the first pass
+	// (MaxError or BudgetModel), set by Compress before it encodes.
 	target *targetPlan
 }
 

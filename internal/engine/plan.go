@@ -45,7 +45,8 @@ type PlannedTensor struct {
 	// budget for a low-rank tensor, the packed signs and scale for
 	// bitdelta, zstd's worst case for a lossless one.
 	// With CompressOptions.MaxError, Budget is the budget the first pass
-	// chose and MaxBytes the bytes it predicts: estimates, not bounds.
+	// chose and MaxBytes the bytes it predicts: estimates, not bounds. With
+	// a ratio and BudgetModel both are the chosen budget, a bound.
 	// The least is 0 for every kind (a tensor equal to the base is stored as
 	// nothing), so no lower bound is given.
 	MaxBytes int64
@@ -79,8 +80,8 @@ type CompressPlan struct {
 	// Parts is each part's share of the work when the plan is for
 	// CompressOptions.Shard: the same for every part of one set.
 	Parts []PartShare
-	// Target is the first pass's prediction for CompressOptions.MaxError;
-	// nil without it.
+	// Target is the first pass's prediction for CompressOptions.MaxError
+	// or BudgetModel; nil without a first pass.
 	Target *TargetEstimate
 }
 
@@ -167,17 +168,17 @@ func zstdBound(n int64) int64 {
 // options, unreadable checkpoints, a selected projection whose shape
 // differs between BASE and FT (errors wrap ErrUsage or ErrInput).
 //
-// With opt.MaxError the budgets depend on the projections' bytes: Plan
-// then runs Compress's first pass (see PlanContext).
+// With opt.MaxError or BudgetModel the budgets depend on the projections'
+// bytes: Plan then runs Compress's first pass (see PlanContext).
 func Plan(basePath, ftPath string, opt CompressOptions) (*CompressPlan, error) {
 	return PlanContext(context.Background(), basePath, ftPath, opt)
 }
 
-// PlanContext is Plan, cancelled with ctx. With opt.MaxError it reads
-// every selected projection and runs Compress's first pass (one SVD per
-// projection and the allocation, no encoding) to choose the budgets, which
-// it reports as each tensor's Budget and MaxBytes, with the predicted
-// totals in Target: an estimate, not a bound (see TargetEstimate).
+// PlanContext is Plan, cancelled with ctx. With opt.MaxError or
+// BudgetModel it reads every selected projection and runs Compress's first
+// pass (one SVD per projection and the allocation, no encoding) to choose
+// the budgets, which it reports as each tensor's Budget and MaxBytes, with
+// the predicted totals in Target (see TargetEstimate).
 func PlanContext(ctx context.Context, basePath, ftPath string, opt CompressOptions) (*CompressPlan, error) {
 	if err := opt.validate(); err != nil {
 		return nil, err
