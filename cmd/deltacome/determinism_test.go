@@ -54,3 +54,29 @@ func readFile(t *testing.T, path string) []byte {
 	require.NoError(t, err)
 	return b
 }
+
+// TestMaxErrorSameBytes checks that an error target gives the same archive
+// whatever the cores and workers: the first pass's curves, the choice of
+// budgets and any step-up depend on the inputs and flags alone.
+func TestMaxErrorSameBytes(t *testing.T) {
+	bin := binary(t)
+	base, ft := bigPair(t, 3, 200, 520)
+	dir := t.TempDir()
+	runs := []struct{ procs, workers int }{{1, 1}, {3, 2}, {2, 0}}
+	for _, route := range []string{"randomized", "exact"} {
+		var first string
+		for i, r := range runs {
+			arc := filepath.Join(dir, fmt.Sprintf("%s-%d.dcm", route, i))
+			cmd := exec.Command(bin, "compress", "--max-error", "0.8", "--svd", route, "--workers", fmt.Sprint(r.workers), base, ft, arc)
+			cmd.Env = append(os.Environ(), fmt.Sprintf("GOMAXPROCS=%d", r.procs), fmt.Sprintf("OPENBLAS_NUM_THREADS=%d", r.procs))
+			out, err := cmd.CombinedOutput()
+			require.NoError(t, err, "compress: %s", out)
+			if i == 0 {
+				first = arc
+				continue
+			}
+			require.Equal(t, readFile(t, first), readFile(t, arc),
+				"--svd %s --max-error: the archive with GOMAXPROCS=%d, --workers %d differs from the one with 1, 1", route, r.procs, r.workers)
+		}
+	}
+}

@@ -24,4 +24,10 @@
 //     and windowed exact search, in milliseconds for 4096 pairs).
 //   - greedy: the error-drop-per-byte greedy allocation, kept as the
 //     baseline auto improves on.
+//
+// Across matrices, Target (and TargetWithin, its trust-region form) picks
+// one point of each matrix's error-versus-bytes Curve so that the total
+// error meets a bound with the fewest total bytes found: the equal-slope
+// rule over the curves' lower convex hulls, repaired and trimmed. It serves
+// compress --max-error and --budget model.
 package alloc

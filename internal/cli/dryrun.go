@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -29,6 +30,8 @@ type planJSON struct {
 	MaxArchiveBytes int64                    `json:"max_archive_bytes"`
 	MinRatio        float64                  `json:"min_ratio"`
 	Warnings        []engine.Warning         `json:"warnings"`
+	// Estimate is present with --max-error: the first pass's prediction.
+	Estimate *planEstimateJSON `json:"estimate,omitempty"`
 	// Shard is present with --shard: each part's share of the work.
 	Shard *planShardJSON `json:"shard,omitempty"`
 }
@@ -51,10 +54,22 @@ type planPartJSON struct {
 	WorkShare    float64 `json:"work_share"`
 }
 
+// planEstimateJSON is the estimate of a --max-error dry run.
+type planEstimateJSON struct {
+	Method        string  `json:"method"`
+	RelError      float64 `json:"rel_error"`
+	LossyTensors  int     `json:"lossy_tensors"`
+	LossyBytes    int64   `json:"lossy_bytes"`
+	ArchiveBytes  int64   `json:"archive_bytes"`
+	LosslessBound int64   `json:"lossless_max_bytes"`
+}
+
 type planSettingsJSON struct {
 	Mode      string  `json:"mode"`
 	Method    string  `json:"method,omitempty"`
 	Ratio     float64 `json:"ratio,omitempty"`
+	MaxError  float64 `json:"max_error,omitempty"`
+	Budget    string  `json:"budget,omitempty"`
 	Schedule  string  `json:"schedule,omitempty"`
 	GroupSize int     `json:"group_size,omitempty"`
 }
@@ -82,13 +97,14 @@ type planTotalJSON struct {
 	MaxBytes  int64 `json:"max_bytes"`
 }
 
-// runDryRun prints what compress would do, reading headers only.
-func runDryRun(o *compressOptions, base, ft string, out io.Writer) error {
+// runDryRun prints what compress would do, reading headers only (and,
+// with --max-error, the projections: compress's first pass).
+func runDryRun(ctx context.Context, o *compressOptions, base, ft string, out io.Writer) error {
 	eo, err := o.validate()
 	if err != nil {
 		return err
 	}
-	p, err := engine.Plan(base, ft, *eo)
+	p, err := engine.PlanContext(ctx, base, ft, *eo)
 	if err != nil {
 		return err
 	}
@@ -103,6 +119,15 @@ func runDryRun(o *compressOptions, base, ft string, out io.Writer) error {
 		}
 		if eo.Mode == engine.ModeDeltaCoMe {
 			res.Settings.Method, res.Settings.Ratio, res.Settings.Schedule, res.Settings.GroupSize = eo.Method, eo.Ratio, eo.Schedule.String(), eo.GroupSize
+		}
+		if tg := p.Target; tg != nil {
+			res.Settings.Budget = tg.Budget
+			if tg.MaxError > 0 {
+				res.Settings.Ratio, res.Settings.MaxError = 0, tg.MaxError
+			}
+			lossless := losslessMax(p)
+			res.Estimate = &planEstimateJSON{Method: estimateMethod(tg), RelError: tg.RelError, LossyTensors: tg.LossyTensors,
+				LossyBytes: tg.LossyBytes, ArchiveBytes: tg.LossyBytes + p.HeaderBytes + lossless, LosslessBound: lossless}
 		}
 		for _, t := range p.Tensors {
 			res.Tensors = append(res.Tensors, planTensorJSON{Name: t.Name, Shape: t.Shape, DType: t.DType, Kind: t.Kind,
@@ -125,10 +150,19 @@ func runDryRun(o *compressOptions, base, ft string, out io.Writer) error {
 }
 
 func renderPlan(out io.Writer, p *engine.CompressPlan, eo *engine.CompressOptions, base, ft string) error {
-	fmt.Fprintf(out, "plan:      %s against %s, from the headers only: nothing read past them, nothing written\n", ft, base)
-	if eo.Mode == engine.ModeLossless {
-		fmt.Fprintf(out, "settings:  mode lossless\n\n")
+	if p.Target != nil {
+		fmt.Fprintf(out, "plan:      %s against %s, budgets from compress's first pass over the projections, nothing written\n", ft, base)
 	} else {
+		fmt.Fprintf(out, "plan:      %s against %s, from the headers only: nothing read past them, nothing written\n", ft, base)
+	}
+	switch {
+	case eo.Mode == engine.ModeLossless:
+		fmt.Fprintf(out, "settings:  mode lossless\n\n")
+	case p.Target != nil && p.Target.MaxError > 0:
+		fmt.Fprintf(out, "settings:  mode %s, method %s, max error %g, budget %s, schedule %s, group size %d\n\n", eo.Mode, eo.Method, p.Target.MaxError, p.Target.Budget, eo.Schedule, eo.GroupSize)
+	case p.Target != nil:
+		fmt.Fprintf(out, "settings:  mode %s, method %s, ratio %g, budget %s, schedule %s, group size %d\n\n", eo.Mode, eo.Method, eo.Ratio, p.Target.Budget, eo.Schedule, eo.GroupSize)
+	default:
 		fmt.Fprintf(out, "settings:  mode %s, method %s, ratio %g, schedule %s, group size %d\n\n", eo.Mode, eo.Method, eo.Ratio, eo.Schedule, eo.GroupSize)
 	}
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
@@ -174,14 +208,25 @@ func renderPlan(out io.Writer, p *engine.CompressPlan, eo *engine.CompressOption
 		fmt.Fprintf(out, "not carried: %s (%s)\n", f.Name, f.Reason)
 	}
 	fmt.Fprintf(out, "header and manifest: about %d bytes (estimated from the plan)\n", p.HeaderBytes)
-	if lossy.Tensors > 0 {
+	switch {
+	case p.Target != nil:
+		fmt.Fprintf(out, "lossy tensors: %d, %s -> about %s at a predicted aggregate error of %.4f (estimated: %s)\n",
+			lossy.Tensors, size(lossy.OrigBytes), size(p.Target.LossyBytes), p.Target.RelError, estimateMethod(p.Target))
+	case lossy.Tensors > 0:
 		fmt.Fprintf(out, "lossy tensors: %d, %s -> at most %s: each within its exact budget, which the allocation fills nearly to the byte\n",
 			lossy.Tensors, size(lossy.OrigBytes), size(lossy.MaxBytes))
 	}
 	fmt.Fprintf(out, "lossless tensors: %d, %s -> 0 to %s: nothing for a tensor equal to its base, otherwise what zstd makes of its XOR with the base, unknown without reading the bytes\n",
 		lossless.Tensors, size(lossless.OrigBytes), size(lossless.MaxBytes))
-	_, err := fmt.Fprintf(out, "predicted archive size: at most %s (%d bytes) for %s of tensors: ratio at least %s\n",
-		size(p.MaxArchiveBytes), p.MaxArchiveBytes, size(p.OrigBytes), ratioString(p.OrigBytes, p.MaxArchiveBytes))
+	var err error
+	if p.Target != nil {
+		est := p.Target.LossyBytes + p.HeaderBytes + lossless.MaxBytes + p.SideMaxBytes
+		_, err = fmt.Fprintf(out, "estimated archive size: about %s (%d bytes) with the lossless tensors at their bound, for %s of tensors: ratio about %s\n",
+			size(est), est, size(p.OrigBytes), ratioString(p.OrigBytes, est))
+	} else {
+		_, err = fmt.Fprintf(out, "predicted archive size: at most %s (%d bytes) for %s of tensors: ratio at least %s\n",
+			size(p.MaxArchiveBytes), p.MaxArchiveBytes, size(p.OrigBytes), ratioString(p.OrigBytes, p.MaxArchiveBytes))
+	}
 	if err == nil && len(p.Parts) > 0 {
 		err = renderParts(out, p.Parts, eo.Shard)
 	}
@@ -247,4 +292,26 @@ func writeJSON(out io.Writer, v any) error {
 	enc := json.NewEncoder(out)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+// estimateMethod says how a first pass's estimate was made.
+func estimateMethod(t *engine.TargetEstimate) string {
+	if t.MaxError == 0 {
+		return fmt.Sprintf("compress's first pass: one SVD of each projection and the allocation at %d budgets per projection from 0.77x to 1.41x of its share of the ratio's budget, then the least predicted error whose budgets add up to at most the shares'; no vector encoded, so the archive differs by a few bytes per projection",
+			t.LadderPoints)
+	}
+	return fmt.Sprintf("compress's first pass: one SVD of each projection and the allocation at %d budgets per projection from fp16 size / %d to / %d, then the fewest bytes whose predicted error meets %g; no vector encoded, so the archive differs by a few bytes per projection, more if one misses its share of the error and takes a larger budget",
+		t.LadderPoints, t.MaxRatio, t.MinRatio, t.MaxError)
+}
+
+// losslessMax is the bound on the bytes of the tensors stored losslessly
+// and the side files.
+func losslessMax(p *engine.CompressPlan) int64 {
+	var n int64
+	for k, t := range p.ByKind {
+		if !archive.KindLossy(k) {
+			n += t.MaxBytes
+		}
+	}
+	return n + p.SideMaxBytes
 }

@@ -102,6 +102,8 @@ func renderInspect(out io.Writer, r *engine.Report) error {
 		fmt.Fprintf(out, "settings:  mode %s, method bitdelta (1 bit per weight and one scale per matrix; fixed size)\n", s.Mode)
 	case s.Method == engine.MethodLowRank:
 		fmt.Fprintf(out, "settings:  mode %s, method lowrank (bf16 singular factors), ratio %g, svd %s\n", s.Mode, s.Ratio, s.SVD)
+	case s.MaxError > 0:
+		fmt.Fprintf(out, "settings:  mode %s, max error %g (budget %s), schedule %s, group size %d, svd %s\n", s.Mode, s.MaxError, s.Budget, s.Schedule, s.GroupSize, s.SVD)
 	default:
 		fmt.Fprintf(out, "settings:  mode %s, ratio %g, schedule %s, group size %d, svd %s\n", s.Mode, s.Ratio, s.Schedule, s.GroupSize, s.SVD)
 	}

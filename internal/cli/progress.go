@@ -72,6 +72,16 @@ func (p *progress) Tensor(ev engine.Event) {
 	}
 }
 
+// FirstPass implements engine.FirstPassProgress: one line per projection
+// of compress's first pass (--max-error, --budget model), where lines are
+// printed.
+func (p *progress) FirstPass(done, total int, name string) {
+	if p.quiet || p.line == nil {
+		return
+	}
+	fmt.Fprintf(p.w, "[%*d/%d] %s: first pass (SVD and allocation at every candidate budget)\n", countWidth(total), done, total, name)
+}
+
 // Warn implements engine.Progress: "warning: ..." above the bar.
 func (p *progress) Warn(w engine.Warning) {
 	if p.quiet && !p.warn {

@@ -40,6 +40,20 @@ type CompressOptions struct {
 	// Ratio is the compression ratio each low-rank tensor must meet: its
 	// stored bytes are at most its fp16 size / Ratio.
 	Ratio float64
+	// MaxError, when set (0 < MaxError < 1), replaces Ratio with a target:
+	// the smallest archive found whose aggregate relative error over the
+	// lossy projections, sqrt(Σ |Delta - Delta_hat|² / Σ |Delta|²) as
+	// recorded, is at most MaxError (see target.go). Method deltacome only;
+	// not with Shard.
+	MaxError float64
+	// Budget is how the bytes are spread over the projections (see
+	// target.go): BudgetMatrix, each projection fp16 size / Ratio or one
+	// common ratio for MaxError; BudgetModel, each projection's budget
+	// chosen within a trust region around that so that the aggregate
+	// error is least for the bytes (with Ratio: within Σ fp16 size / Ratio
+	// over the projections). "" means BudgetModel with MaxError and
+	// BudgetMatrix with Ratio.
+	Budget string
 	// Schedule allocates bit widths to singular vectors.
 	Schedule alloc.Schedule
 	// GroupSize is the quantization group length along each singular vector.
@@ -63,6 +77,10 @@ type CompressOptions struct {
 	// archive: that part's share of the work, which Merge joins with the
 	// other parts into the archive Compress writes without it.
 	Shard Shard
+
+	// target is the budget of each lossy tensor chosen by the first pass
+	// (MaxError or BudgetModel), set by Compress before it encodes.
+	target *targetPlan
 }
 
 // Summary totals a finished Compress.
@@ -76,6 +94,10 @@ type Summary struct {
 	AggRelError  float64
 	// Warnings lists what was reported through Progress.Warn, in order.
 	Warnings []Warning
+	// TargetSteps counts, for MaxError, the re-encodings of projections
+	// whose measured error missed their share of the target at the budget
+	// the first pass chose (each moved one step up its ladder).
+	TargetSteps int
 }
 
 // Compress writes an archive at outPath holding FT (ftPath) as a delta to
@@ -116,6 +138,11 @@ func Compress(ctx context.Context, basePath, ftPath, outPath string, opt Compres
 	m, err := newManifest(ft, opt)
 	if err != nil {
 		return nil, err
+	}
+	if opt.firstPass() {
+		if opt.target, err = planTarget(ctx, base, ft, &opt); err != nil {
+			return nil, err
+		}
 	}
 	w, err := archive.Create(outPath)
 	if err != nil {
@@ -174,6 +201,7 @@ func Compress(ctx context.Context, basePath, ftPath, outPath string, opt Compres
 			sum.LossyTensors++
 		}
 		sum.OrigBytes += e.rec.Bytes
+		sum.TargetSteps += e.targetSteps
 		if rankZero(&e.rec) && !rankZeroAhead(e.rec.Shape, &opt) {
 			zeroRank = append(zeroRank, e.rec.Name)
 		}
@@ -185,6 +213,9 @@ func Compress(ctx context.Context, basePath, ftPath, outPath string, opt Compres
 	}
 	if len(zeroRank) > 0 {
 		warn(rankZeroWarning(zeroRank))
+	}
+	if err := opt.target.checkTarget(errSq, normSq); err != nil {
+		return nil, err
 	}
 
 	var mine func(string) bool // the base tensors this part records
@@ -229,7 +260,10 @@ func (opt *CompressOptions) validate() error {
 	switch opt.Mode {
 	case ModeLossless:
 	case ModeDeltaCoMe:
-		if !(opt.Ratio >= 1) {
+		if err := opt.validateTarget(); err != nil {
+			return err
+		}
+		if opt.MaxError == 0 && !(opt.Ratio >= 1) {
 			return errorf(ErrUsage, "ratio must be >= 1, got %v", opt.Ratio)
 		}
 		if opt.GroupSize < 1 {
@@ -264,6 +298,12 @@ func newManifest(ft *checkpoint.Checkpoint, opt CompressOptions) (*archive.Manif
 	}
 	if opt.Mode == ModeDeltaCoMe {
 		m.Settings.Ratio = opt.Ratio
+		switch {
+		case opt.MaxError > 0:
+			m.Settings.Ratio, m.Settings.MaxError, m.Settings.Budget = 0, opt.MaxError, opt.budgetMode()
+		case opt.firstPass():
+			m.Settings.Budget = BudgetModel
+		}
 		m.Settings.Schedule = opt.Schedule.String()
 		m.Settings.GroupSize = opt.GroupSize
 		m.Settings.SVD = opt.SVD.String()
@@ -282,6 +322,8 @@ type encoded struct {
 	rec     archive.Tensor
 	blobs   []blob
 	baseSHA string // SHA-256 of the paired base tensor, "" if none
+	// targetSteps counts the re-encodings of storeTarget.
+	targetSteps int
 }
 
 type blob struct {
@@ -338,9 +380,11 @@ func (e *encoded) storeLossy(data []byte, dt safetensors.DType, bdata []byte, bd
 	if err := svdquant.Delta(delta, data, dt, bdata, bdt); err != nil {
 		return errorf(ErrInput, "tensor %q: %w", e.rec.Name, err)
 	}
+	if opt.target != nil {
+		return e.storeTarget(delta, rows, cols, opt)
+	}
 	k, _ := storage.ForMethod(opt.method()) // checked by opt.validate
-	return e.store(k.Name, &storage.Input{Delta: delta, Rows: rows, Cols: cols,
-		Options: svdquant.Options{Ratio: opt.Ratio, Schedule: opt.Schedule, GroupSize: opt.GroupSize, SVD: opt.SVD}})
+	return e.store(k.Name, &storage.Input{Delta: delta, Rows: rows, Cols: cols, Options: opt.encodeOptions()})
 }
 
 // store encodes in as storage kind name, through the kind's entry of the

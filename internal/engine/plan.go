@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"regexp"
@@ -43,6 +44,9 @@ type PlannedTensor struct {
 	// MaxBytes bounds the bytes the archive will store for the tensor: the
 	// budget for a low-rank tensor, the packed signs and scale for
 	// bitdelta, zstd's worst case for a lossless one.
+	// With CompressOptions.MaxError, Budget is the budget the first pass
+	// chose and MaxBytes the bytes it predicts: estimates, not bounds. With
+	// a ratio and BudgetModel both are the chosen budget, a bound.
 	// The least is 0 for every kind (a tensor equal to the base is stored as
 	// nothing), so no lower bound is given.
 	MaxBytes int64
@@ -76,6 +80,9 @@ type CompressPlan struct {
 	// Parts is each part's share of the work when the plan is for
 	// CompressOptions.Shard: the same for every part of one set.
 	Parts []PartShare
+	// Target is the first pass's prediction for CompressOptions.MaxError
+	// or BudgetModel; nil without a first pass.
+	Target *TargetEstimate
 }
 
 // PlanTotals sums planned tensors of one kind.
@@ -160,7 +167,19 @@ func zstdBound(n int64) int64 {
 // sizes. It fails where Compress would fail before reading bytes: invalid
 // options, unreadable checkpoints, a selected projection whose shape
 // differs between BASE and FT (errors wrap ErrUsage or ErrInput).
+//
+// With opt.MaxError or BudgetModel the budgets depend on the projections'
+// bytes: Plan then runs Compress's first pass (see PlanContext).
 func Plan(basePath, ftPath string, opt CompressOptions) (*CompressPlan, error) {
+	return PlanContext(context.Background(), basePath, ftPath, opt)
+}
+
+// PlanContext is Plan, cancelled with ctx. With opt.MaxError or
+// BudgetModel it reads every selected projection and runs Compress's first
+// pass (one SVD per projection and the allocation, no encoding) to choose
+// the budgets, which it reports as each tensor's Budget and MaxBytes, with
+// the predicted totals in Target (see TargetEstimate).
+func PlanContext(ctx context.Context, basePath, ftPath string, opt CompressOptions) (*CompressPlan, error) {
 	if err := opt.validate(); err != nil {
 		return nil, err
 	}
@@ -172,6 +191,15 @@ func Plan(basePath, ftPath string, opt CompressOptions) (*CompressPlan, error) {
 	defer ft.Close()
 
 	p := &CompressPlan{ByKind: map[string]*PlanTotals{}, Warnings: pairWarnings(base, ft, &opt)}
+	if opt.firstPass() {
+		if err := checkClasses(base, ft, &opt); err != nil {
+			return nil, err
+		}
+		if opt.target, err = planTarget(ctx, base, ft, &opt); err != nil {
+			return nil, err
+		}
+		p.Target = opt.target.estimate()
+	}
 	for _, name := range ft.Names() {
 		t, _ := ft.Tensor(name)
 		pt := PlannedTensor{Name: name, DType: t.DType.String(), Shape: t.Shape, OrigBytes: t.Size}
@@ -184,6 +212,12 @@ func Plan(basePath, ftPath string, opt CompressOptions) (*CompressPlan, error) {
 			k, _ := storage.ForMethod(opt.method()) // checked by opt.validate
 			pt.Kind = k.Name
 			pt.Budget, pt.MaxBytes = k.Cost(int(t.Shape[0]), int(t.Shape[1]), opt.Ratio)
+			if opt.target != nil {
+				pt.Budget, pt.MaxBytes = opt.target.budgetOf(name)
+				if opt.MaxError == 0 {
+					pt.MaxBytes = pt.Budget // no step-ups at a ratio: a bound
+				}
+			}
 		case classFull:
 			pt.Kind, pt.MaxBytes = archive.KindFull, zstdBound(t.Size)
 		default:

@@ -67,3 +67,11 @@ func tensorEvent(i, total int, rec *archive.Tensor) Event {
 	ev.RelError, _, _ = rec.DeltaError()
 	return ev
 }
+
+// FirstPassProgress is implemented by a Progress that wants to hear of the
+// first pass Compress makes over the projections for an error target or a
+// model-wide budget (target.go), before Begin: one call per projection
+// whose curve is done, in order, done counting from 1 to total.
+type FirstPassProgress interface {
+	FirstPass(done, total int, name string)
+}

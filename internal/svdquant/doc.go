@@ -8,4 +8,8 @@
 // format (docs/FORMAT.md section 2.7). Decode (Factors.Product, Apply) is the
 // exact inverse used by reconstruct, and Encode measures the error it
 // records through that same path.
+//
+// Curve predicts, from one SVD and the same measurements, the error Encode
+// would give at each of a ladder of budgets (LadderBudgets, ShareBudgets),
+// without encoding: the first pass of an error target.
 package svdquant

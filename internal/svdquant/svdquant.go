@@ -23,8 +23,12 @@ var ErrNonFinite = errors.New("non-finite value")
 
 // Options configures Encode.
 type Options struct {
-	// Ratio: stored bytes <= fp16 size / Ratio (Budget).
+	// Ratio: stored bytes <= fp16 size / Ratio (Budget); 0 means MaxBytes
+	// is the budget.
 	Ratio float64
+	// MaxBytes is the byte budget when Ratio is 0 (a budget chosen for an
+	// error target, see Curve).
+	MaxBytes int64
 	// Schedule allocates widths to singular vectors.
 	Schedule alloc.Schedule
 	// GroupSize is the quantization group length along a vector.
@@ -137,7 +141,7 @@ func firstNonFinite(x []float32) int {
 // groups, singular values kept in float32.
 func Encode(delta []float32, rows, cols int, opt Options) (*Encoded, error) {
 	g := opt.GroupSize
-	budget := Budget(rows, cols, opt.Ratio)
+	budget := opt.budget(rows, cols)
 	normSq := sumSq(delta)
 	e := &Encoded{Record: archive.LowRank{GroupSize: g, Budget: budget, DeltaNorm: math.Sqrt(normSq)}}
 	if normSq == 0 {

@@ -139,8 +139,16 @@ type Settings struct {
 	// Method is how the projections are stored in "deltacome" mode:
 	// "deltacome" (quantized singular vectors), "bitdelta" (signs and one
 	// scale) or "lowrank" (bf16 singular factors). Absent means "deltacome".
-	Method    string   `json:"method,omitempty"`
-	Ratio     float64  `json:"ratio,omitempty"`
+	Method string  `json:"method,omitempty"`
+	Ratio  float64 `json:"ratio,omitempty"`
+	// MaxError is the aggregate relative error target the projections'
+	// budgets were chosen for (compress --max-error), in place of Ratio;
+	// absent when a ratio was given.
+	MaxError float64 `json:"max_error,omitempty"`
+	// Budget is how the bytes were spread over the projections for
+	// MaxError: "model" (equal slope within a trust region) or "matrix"
+	// (one ratio for all); absent without MaxError.
+	Budget    string   `json:"budget,omitempty"`
 	Schedule  string   `json:"schedule,omitempty"`
 	GroupSize int      `json:"group_size,omitempty"`
 	SVD       string   `json:"svd,omitempty"`

@@ -87,6 +87,9 @@ func (m *Manifest) validateHeader() error {
 	if s.Ratio < 0 {
 		return refuse("settings", "ratio", "%v is negative", s.Ratio)
 	}
+	if !(s.MaxError >= 0 && s.MaxError < 1) {
+		return refuse("settings", "max_error", "%v is outside [0, 1)", s.MaxError)
+	}
 	if s.GroupSize < 0 {
 		return refuse("settings", "group_size", "%d is negative", s.GroupSize)
 	}

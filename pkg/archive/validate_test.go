@@ -64,6 +64,8 @@ func TestValidateRefuses(t *testing.T) {
 		{"lossless with a lossy kind", "settings.mode", "lossless", `tensor "q_proj": kind`},
 		{"method of another kind", "settings.method", "bitdelta", `tensor "q_proj": kind`},
 		{"negative ratio", "settings.ratio", -1, "ratio"},
+		{"max error of 1", "settings.max_error", 1, "max_error"},
+		{"negative max error", "settings.max_error", -0.5, "max_error"},
 		// validateFiles
 		{"index with a slash", "layout.index", "a/b.json", "index"},
 		{"index is a shard", "layout.index", "model.safetensors", "index"},
