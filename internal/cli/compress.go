@@ -193,9 +193,9 @@ Trade-offs:
               ones more, each within 0.75-1.5x of an even share; --budget
               matrix gives all one ratio (the ladder's, in 9% steps). It
               costs a first pass over the projections (one SVD each and the
-              allocation at 73 budgets) before the encoding one: about 2.5x
-              the time of a --ratio compress on small models, less where the
-              SVD dominates. --dry-run runs that pass and prints the
+              allocation at 57 budgets, ratios 8 to 1024) before the encoding
+              one: about 2.5x the time of a --ratio compress on small models,
+              less where the SVD dominates. --dry-run runs that pass and prints the
               estimated size. On the bundled pair, --max-error 0.2934 (the
               error of --ratio 16) stores the projections in 11% fewer bytes
               (docs/TARGET.md); v_proj gets 20% fewer, and whether that

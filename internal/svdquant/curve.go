@@ -9,14 +9,16 @@ import (
 )
 
 // Ladder bounds and density of the budgets an error target chooses from
-// (LadderBudgets). Ratio 2 keeps every singular vector of nearly any matrix
-// at 2 bits or more, so an error that needs more bytes is better served by
-// a lossless archive; ratio 1024 is below one pair of most projections.
+// (LadderBudgets). Ratio 8 is the most bytes: a budget past it needs a
+// search space near the matrix's short side, where the truncated SVD of
+// pass 1 turns into a full one (minutes and gigabytes for each 7B
+// projection); an error that needs more bytes is served by --ratio. Ratio
+// 1024 is below one pair of most projections.
 // Eight steps per octave make neighbouring budgets 9% apart: with tens of
 // matrices or more the choice between two steps of one matrix changes the
 // total by a small fraction of that.
 const (
-	LadderMinRatio = 2
+	LadderMinRatio = 8
 	LadderMaxRatio = 1024
 	LadderSteps    = 8 // budgets per halving of the ratio
 )

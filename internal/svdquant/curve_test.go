@@ -14,7 +14,7 @@ import (
 
 func TestLadderBudgets(t *testing.T) {
 	b := LadderBudgets(4096, 4096)
-	require.Len(t, b, 73) // 9 octaves of 8 steps, both ends
+	require.Len(t, b, 57) // 7 octaves of 8 steps, both ends
 	assert.Equal(t, Budget(4096, 4096, LadderMaxRatio), b[0])
 	assert.Equal(t, Budget(4096, 4096, LadderMinRatio), b[len(b)-1])
 	assert.Equal(t, Budget(4096, 4096, 16), b[48])
