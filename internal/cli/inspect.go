@@ -102,8 +102,14 @@ func renderInspect(out io.Writer, r *engine.Report) error {
 		fmt.Fprintf(out, "settings:  mode %s, method bitdelta (1 bit per weight and one scale per matrix; fixed size)\n", s.Mode)
 	case s.Method == engine.MethodLowRank:
 		fmt.Fprintf(out, "settings:  mode %s, method lowrank (bf16 singular factors), ratio %g, svd %s\n", s.Mode, s.Ratio, s.SVD)
+	case s.Grid == engine.GridSym:
+		group := "one scale per vector"
+		if s.GroupSize > 0 {
+			group = fmt.Sprintf("group size %d", s.GroupSize)
+		}
+		fmt.Fprintf(out, "settings:  mode %s, ratio %g, schedule %s, grid sym (%s), refit %d, svd %s\n", s.Mode, s.Ratio, s.Schedule, group, s.Refit, s.SVD)
 	default:
-		fmt.Fprintf(out, "settings:  mode %s, ratio %g, schedule %s, group size %d, svd %s\n", s.Mode, s.Ratio, s.Schedule, s.GroupSize, s.SVD)
+		fmt.Fprintf(out, "settings:  mode %s, ratio %g, schedule %s, grid asym, group size %d, svd %s\n", s.Mode, s.Ratio, s.Schedule, s.GroupSize, s.SVD)
 	}
 	if m.Base.Source != "" {
 		fmt.Fprintf(out, "base:      %s, %s (%d tensors)\n", m.Base.Source, m.Base.Fingerprint, len(m.Base.Tensors))

@@ -181,7 +181,7 @@ func Plan(basePath, ftPath string, opt CompressOptions) (*CompressPlan, error) {
 		}
 		switch class {
 		case classLossy:
-			k, _ := storage.ForMethod(opt.method()) // checked by opt.validate
+			k := opt.kind()
 			pt.Kind = k.Name
 			pt.Budget, pt.MaxBytes = k.Cost(int(t.Shape[0]), int(t.Shape[1]), opt.Ratio)
 		case classFull:
