@@ -57,6 +57,8 @@ type planSettingsJSON struct {
 	Ratio     float64 `json:"ratio,omitempty"`
 	Schedule  string  `json:"schedule,omitempty"`
 	GroupSize int     `json:"group_size,omitempty"`
+	Grid      string  `json:"grid,omitempty"`
+	Refit     int     `json:"refit,omitempty"`
 }
 
 type planTensorJSON struct {
@@ -103,6 +105,7 @@ func runDryRun(o *compressOptions, base, ft string, out io.Writer) error {
 		}
 		if eo.Mode == engine.ModeDeltaCoMe {
 			res.Settings.Method, res.Settings.Ratio, res.Settings.Schedule, res.Settings.GroupSize = eo.Method, eo.Ratio, eo.Schedule.String(), eo.GroupSize
+			res.Settings.Grid, res.Settings.Refit = eo.Grid, eo.Refit
 		}
 		for _, t := range p.Tensors {
 			res.Tensors = append(res.Tensors, planTensorJSON{Name: t.Name, Shape: t.Shape, DType: t.DType, Kind: t.Kind,
@@ -129,7 +132,11 @@ func renderPlan(out io.Writer, p *engine.CompressPlan, eo *engine.CompressOption
 	if eo.Mode == engine.ModeLossless {
 		fmt.Fprintf(out, "settings:  mode lossless\n\n")
 	} else {
-		fmt.Fprintf(out, "settings:  mode %s, method %s, ratio %g, schedule %s, group size %d\n\n", eo.Mode, eo.Method, eo.Ratio, eo.Schedule, eo.GroupSize)
+		grid := ""
+		if eo.Grid != "" {
+			grid = fmt.Sprintf(", grid %s, refit %d", eo.Grid, eo.Refit)
+		}
+		fmt.Fprintf(out, "settings:  mode %s, method %s, ratio %g, schedule %s, group size %d%s\n\n", eo.Mode, eo.Method, eo.Ratio, eo.Schedule, eo.GroupSize, grid)
 	}
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	partCol := ""
