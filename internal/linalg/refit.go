@@ -42,3 +42,23 @@ func SolveSPD(g []float64, n int, b []float64, nrhs int) bool {
 	blas64Impl.Dtrsm(blas.Left, blas.Upper, blas.NoTrans, blas.NonUnit, n, nrhs, 1, g, n, b, nrhs)
 	return true
 }
+
+// Gram writes x·xᵀ into dst, row-major m x m, for x row-major m x k: the
+// upper triangle by the build's BLAS in the fixed tiles of every product
+// (half the work of MulBT(dst, x, x, m, k, m)), mirrored into the lower.
+// It panics if a slice length does not match its shape.
+func Gram(dst, x []float32, m, k int) {
+	if len(x) != m*k || len(dst) != m*m {
+		panic(fmt.Sprintf("linalg: Gram: %d x %d needs %d and %d values, got %d and %d", m, k, m*k, m*m, len(x), len(dst)))
+	}
+	clear(dst)
+	if k == 0 {
+		return
+	}
+	syrkUpper32(false, m, k, x, k, dst, m)
+	for i := range m {
+		for j := range i {
+			dst[i*m+j] = dst[j*m+i]
+		}
+	}
+}

@@ -148,7 +148,7 @@ func (rf *refitter) stats(q *side, basis []float32) stats {
 	k, r, n := len(rf.bits), rf.svd.Rank, q.n
 	st := stats{c: make([]float32, k*r), gram: make([]float32, k*k)}
 	linalg.MulBT(st.c, q.deq, basis, k, n, r)
-	linalg.MulBT(st.gram, q.deq, q.deq, k, n, k)
+	linalg.Gram(st.gram, q.deq, k, n)
 	return st
 }
 
