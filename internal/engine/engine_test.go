@@ -36,8 +36,8 @@ func deltaOpts(t testing.TB, ratio float64, schedule string) CompressOptions {
 	require.NoError(t, err)
 	sel, err := NewSelector(nil, nil)
 	require.NoError(t, err)
-	// compress's defaults: the symmetric grid, a scale per vector, one
-	// refit round.
+	// compress's defaults: the symmetric grid, a scale per vector, no
+	// refit.
 	return CompressOptions{Mode: ModeDeltaCoMe, Ratio: ratio, Schedule: s, Refit: svdquant.DefaultRefit, Select: sel, Tool: "test"}
 }
 

@@ -104,7 +104,7 @@ func TestVectors(t *testing.T) {
 		for _, a := range vectorArchives {
 			opt := deltaOpts(t, 8, "auto")
 			opt.Method, opt.GroupSize, opt.Tool, opt.Grid = a.method, 12, "deltacome test vectors", a.grid
-			if a.grid == GridSym { // compress's defaults: a scale per vector, one refit round
+			if a.grid == GridSym { // a scale per vector, and a refit round to pin its decoding
 				opt.GroupSize, opt.Refit = 0, 1
 			}
 			_, err := Compress(ctx, base, ft, filepath.Join(vectorsDir, a.file), opt)

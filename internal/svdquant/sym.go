@@ -16,10 +16,12 @@ import (
 )
 
 // DefaultRefit is the number of alternating least-squares rounds compress
-// runs by default on the symmetric grid: one round removed most of what
-// three do on the bundled pairs (docs/FIDELITY.md) for a fraction of their
-// time.
-const DefaultRefit = 1
+// runs by default: none. A round lowers the error at equal bytes on every
+// pair measured (docs/FIDELITY.md), but its k x r and k x k products over
+// both sides cost a large share of the SVD's time on 7B-sized matrices, a
+// compress-time regression the default must not have (issue #14): the
+// refit is asked for with --refit.
+const DefaultRefit = 0
 
 // MaxRefit bounds Options.Refit: rounds past a few gain nothing measurable.
 const MaxRefit = 10
