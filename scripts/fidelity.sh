@@ -19,8 +19,9 @@
 #           layer (`deltacome synth --layers 1 DIR`, as scripts/bench.sh
 #           makes): the pairs are skipped and each setting compresses the
 #           layer at --ratio 16 RUNS times (default 3), the settings
-#           interleaved run by run; the median wall time and the error are
-#           printed.
+#           interleaved run by run; the median wall time, the median CPU
+#           time (user + sys, /usr/bin/time: steadier than the wall time on
+#           a shared machine) and the error are printed.
 #
 # Every number is read back from the archive compress wrote (`deltacome
 # compare --json`): stored bytes are the archive's, errors those compress
@@ -58,18 +59,19 @@ if [ -n "${LAYER:-}" ]; then
 			label=${c%%:*}
 			flags=${c#*:}
 			rm -f "$TMP/layer.dcm"
-			start=$(date +%s.%N)
 			# shellcheck disable=SC2086 # flags are words
-			"$BIN" compress -q --ratio 16 ${flags//,/ } "$LAYER/base" "$LAYER/ft" "$TMP/layer.dcm"
-			echo "$(date +%s.%N) - $start" | bc >>"$TMP/$label.times"
+			/usr/bin/time -f '%e %U %S' -o "$TMP/time" \
+				"$BIN" compress -q --ratio 16 ${flags//,/ } "$LAYER/base" "$LAYER/ft" "$TMP/layer.dcm"
+			awk '{print $1}' "$TMP/time" >>"$TMP/$label.times"
+			awk '{print $2 + $3}' "$TMP/time" >>"$TMP/$label.cpu"
 			"$BIN" inspect --json "$TMP/layer.dcm" |
 				python3 -c 'import json, sys; print("%.4f" % json.load(sys.stdin)["totals"]["rel_error"])' >"$TMP/$label.err"
 		done
 	done
-	printf '%-12s %8s %9s\n' setting wall_s rel_error
+	printf '%-12s %8s %8s %9s\n' setting wall_s cpu_s rel_error
 	for c in $CONFIGS; do
 		label=${c%%:*}
-		printf '%-12s %8.1f %9s\n' "$label" "$(median <"$TMP/$label.times")" "$(cat "$TMP/$label.err")"
+		printf '%-12s %8.1f %8.1f %9s\n' "$label" "$(median <"$TMP/$label.times")" "$(median <"$TMP/$label.cpu")" "$(cat "$TMP/$label.err")"
 	done
 	exit 0
 fi

@@ -188,9 +188,9 @@ Trade-offs:
               normal equations, no product of the full matrix) and
               requantized, then V likewise; each matrix keeps its round of
               least error. One round lowers the error at the same bytes
-              (docs pair at ratio 16: 0.570 -> 0.556) but adds about half
-              the SVD's time to compress on 7B-sized matrices; later rounds
-              cost as much each and gain less (docs/FIDELITY.md).
+              (docs pair at ratio 16: 0.570 -> 0.556) but adds about a third
+              to compress's CPU time on 7B-sized matrices; later rounds cost
+              as much each and gain less (docs/FIDELITY.md).
   --method    deltacome (default): the above, the smallest error at a given
               size. lowrank: the top-r singular vectors in bf16, r the
               largest rank within the --ratio budget, as LoRA extraction

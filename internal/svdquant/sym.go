@@ -18,8 +18,8 @@ import (
 // DefaultRefit is the number of alternating least-squares rounds compress
 // runs by default: none. A round lowers the error at equal bytes on every
 // pair measured (docs/FIDELITY.md), but its k x r and k x k products over
-// both sides cost a large share of the SVD's time on 7B-sized matrices, a
-// compress-time regression the default must not have (issue #14): the
+// both sides add about a third to compress's CPU time on 7B-sized matrices,
+// a compress-time regression the default must not have (issue #14): the
 // refit is asked for with --refit.
 const DefaultRefit = 0
 
