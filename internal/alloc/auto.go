@@ -35,7 +35,7 @@ func newTable(p Problem, widths []int) *table {
 	t.e = make([][]float64, t.L+1)
 	t.pre = make([][]float64, t.L+1)
 	t.unit = make([]float64, t.L+1)
-	ovh := float64(pairOverhead(p.Rows, p.Cols, p.groupSize()))
+	ovh := float64(pairOverhead(p.Rows, p.Cols, p.groupSize(), p.Layout))
 	for l, w := range t.w {
 		t.e[l] = make([]float64, r)
 		t.pre[l] = make([]float64, r+1)

@@ -36,7 +36,13 @@ const (
 // bits is outside [0, MaxBits].
 func Cost(rows, cols, groupSize int, bits []int) int64 {
 	checkShape(rows, cols, groupSize)
-	kept, sum := 0, int64(0)
+	kept, sum := countBits(bits)
+	return costOf(rows, cols, groupSize, LayoutAsym, kept, sum)
+}
+
+// countBits returns the number of nonzero widths of bits and their sum,
+// panicking on a width outside [0, MaxBits].
+func countBits(bits []int) (kept int, sum int64) {
 	for i, b := range bits {
 		if b < 0 || b > MaxBits {
 			panic(fmt.Sprintf("alloc: bits[%d] = %d outside [0, %d]", i, b, MaxBits))
@@ -46,18 +52,55 @@ func Cost(rows, cols, groupSize int, bits []int) int64 {
 			sum += int64(b)
 		}
 	}
-	return costOf(rows, cols, groupSize, kept, sum)
+	return kept, sum
 }
 
-// costOf is Cost for a plan that keeps `kept` pairs whose widths add up to
-// sumBits. Cost depends on a plan only through these two numbers.
-func costOf(rows, cols, groupSize, kept int, sumBits int64) int64 {
+// Layout is how a kept pair stores what it needs besides its codes.
+type Layout int
+
+const (
+	// LayoutAsym is the layout Cost counts (storage kind "lowrank"): a bf16
+	// scale and minimum per group of u and of v, and a float32 sigma.
+	LayoutAsym Layout = iota
+	// LayoutSym is the symmetric grid's (kind "lowrank-sym"): one bf16
+	// scale per group of u and of v, no minimum, sigma folded into u's
+	// scales; a group size of 0 means one group per vector.
+	LayoutSym
+)
+
+// CostSym is Cost for LayoutSym: the same code streams, and per kept pair
+// (ceil(rows/g) + ceil(cols/g))·2 bytes of bf16 scales, one scale per
+// vector (2 + 2 bytes) when groupSize is 0. It panics as Cost does, but
+// accepts a groupSize of 0.
+func CostSym(rows, cols, groupSize int, bits []int) int64 {
+	checkShape(rows, cols, max(groupSize, 1))
+	if groupSize < 0 {
+		panic(fmt.Sprintf("alloc: negative group size %d", groupSize))
+	}
+	kept, sum := countBits(bits)
+	return costOf(rows, cols, groupSize, LayoutSym, kept, sum)
+}
+
+// costOf is the cost of a plan that keeps `kept` pairs whose widths add up
+// to sumBits in layout l. Cost depends on a plan only through these two
+// numbers.
+func costOf(rows, cols, groupSize int, l Layout, kept int, sumBits int64) int64 {
 	codes := ceilDiv(int64(rows)*sumBits, 8) + ceilDiv(int64(cols)*sumBits, 8)
-	return codes + int64(kept)*pairOverhead(rows, cols, groupSize)
+	return codes + int64(kept)*pairOverhead(rows, cols, groupSize, l)
 }
 
-// pairOverhead is the number of bytes each kept pair stores besides its codes.
-func pairOverhead(rows, cols, groupSize int) int64 {
+// symScaleBytes is the size of one group's bf16 scale in LayoutSym.
+const symScaleBytes = 2
+
+// pairOverhead is the number of bytes each kept pair stores besides its
+// codes in layout l.
+func pairOverhead(rows, cols, groupSize int, l Layout) int64 {
+	if l == LayoutSym {
+		if groupSize == 0 {
+			return 2 * symScaleBytes
+		}
+		return (ceilDiv(int64(rows), int64(groupSize)) + ceilDiv(int64(cols), int64(groupSize))) * symScaleBytes
+	}
 	groups := ceilDiv(int64(rows), int64(groupSize)) + ceilDiv(int64(cols), int64(groupSize))
 	return groups*groupBytes + sigmaBytes
 }

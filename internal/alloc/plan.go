@@ -12,9 +12,14 @@ type Problem struct {
 	// have Rows entries, right ones Cols.
 	Rows, Cols int
 	// GroupSize is the quantization group length in entries along each
-	// vector; 0 means DefaultGroupSize.
+	// vector; 0 means DefaultGroupSize in LayoutAsym, one group per vector
+	// in LayoutSym.
 	GroupSize int
-	// Budget is the most bytes the matrix may take, as counted by Cost;
+	// Layout is the storage layout whose bytes the budget counts (Cost or
+	// CostSym); the zero value is LayoutAsym.
+	Layout Layout
+	// Budget is the most bytes the matrix may take, as counted by Cost
+	// (CostSym in LayoutSym);
 	// for a ratio R on an fp16 matrix it is Rows·Cols·2/R.
 	Budget int64
 	// Sigma holds the singular values available to keep, non-increasing and
@@ -37,7 +42,8 @@ type Plan struct {
 	// i; 0 drops it. Bits is non-increasing and has no trailing zeros, so
 	// len(Bits) ≤ len(Problem.Sigma) is the number of pairs kept.
 	Bits []int
-	// Bytes is Cost(Rows, Cols, GroupSize, Bits), never above the budget.
+	// Bytes is Cost(Rows, Cols, GroupSize, Bits) (CostSym in LayoutSym),
+	// never above the budget.
 	Bytes int64
 	// SqErr is Σ_{i<r} Problem.Err(i, Bits[i]) (Bits[i] = 0 past the end),
 	// the total squared error of the plan in the squared units of the
@@ -88,7 +94,7 @@ func (s Schedule) Plan(p Problem) Plan {
 
 // groupSize returns the effective group size of p.
 func (p Problem) groupSize() int {
-	if p.GroupSize == 0 {
+	if p.GroupSize == 0 && p.Layout != LayoutSym {
 		return DefaultGroupSize
 	}
 	return p.GroupSize
@@ -99,7 +105,7 @@ func (p Problem) check() {
 	if p.GroupSize < 0 {
 		panic(fmt.Sprintf("alloc: negative group size %d", p.GroupSize))
 	}
-	checkShape(p.Rows, p.Cols, p.groupSize())
+	checkShape(p.Rows, p.Cols, max(p.groupSize(), 1))
 	if p.Budget < 0 {
 		panic(fmt.Sprintf("alloc: negative budget %d", p.Budget))
 	}
@@ -125,7 +131,7 @@ func (p Problem) err(i, bits int) float64 {
 // cost returns the exact cost of a plan keeping `kept` pairs with widths
 // adding up to sumBits.
 func (p Problem) cost(kept int, sumBits int64) int64 {
-	return costOf(p.Rows, p.Cols, p.groupSize(), kept, sumBits)
+	return costOf(p.Rows, p.Cols, p.groupSize(), p.Layout, kept, sumBits)
 }
 
 // finish trims bits, checks it and fills in the Plan.
@@ -141,7 +147,12 @@ func (p Problem) finish(bits []int) Plan {
 			panic(fmt.Sprintf("alloc: internal error: widths increase at %d: %v", i, bits))
 		}
 	}
-	bytes := Cost(p.Rows, p.Cols, p.groupSize(), bits)
+	var bytes int64
+	if p.Layout == LayoutSym {
+		bytes = CostSym(p.Rows, p.Cols, p.groupSize(), bits)
+	} else {
+		bytes = Cost(p.Rows, p.Cols, p.groupSize(), bits)
+	}
 	if bytes > p.Budget {
 		panic(fmt.Sprintf("alloc: internal error: plan costs %d bytes, budget %d", bytes, p.Budget))
 	}

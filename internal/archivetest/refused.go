@@ -133,6 +133,7 @@ func (g *generator) topField(key, path string, v any) {
 		"settings.method":     {"svd"},
 		"settings.ratio":      {-1},
 		"settings.group_size": {-1},
+		"settings.grid":       {"nf4"},
 		"base.fingerprint":    {"sha256:00", ""},
 		"layout.shards.file":  {"", "..", "a/b", `a\b`},
 		"layout.shards.header": {"not json", "{}",
@@ -228,14 +229,14 @@ func (g *generator) tensorField(key, path, last string, v any) {
 		g.add(key, path, false, int64(-1), int64(1), int64(1)<<40)
 	case "kind":
 		vs := []any{"zip"}
-		for _, k := range []string{archive.KindSame, archive.KindXOR, archive.KindFull, archive.KindLowRank, archive.KindBitDelta, archive.KindLowRankBF16} {
+		for _, k := range archive.Kinds() {
 			if k != kind {
 				vs = append(vs, k)
 			}
 		}
 		g.add(key, path, false, vs...)
 		// A record of another kind, or none.
-		for _, rec := range []string{"lowrank", "bitdelta", "lowrank_bf16"} {
+		for _, rec := range []string{"lowrank", "bitdelta", "lowrank_bf16", "lowrank_sym"} {
 			recPath := tensor + "/" + rec
 			if g.get(recPath) == nil {
 				g.add(strings.TrimSuffix(key, "kind")+"+"+rec, recPath, false, map[string]any{})
@@ -255,23 +256,34 @@ func (g *generator) tensorField(key, path, last string, v any) {
 		g.add(key, path, false, []any{}, append(slices.Clone(list), list[0]))
 	case "rank":
 		g.add(key, path, false, int64(-1), num(v)+1, big)
-		if strings.Contains(path, "/lowrank/") {
-			g.bands(key, tensor, num(v))
+		for _, rec := range []string{"lowrank", "lowrank_sym"} {
+			if strings.Contains(path, "/"+rec+"/") {
+				g.bands(key, tensor+"/"+rec, num(v))
+			}
 		}
 	case "bits":
 		g.add(key, path, false, 0, 9)
 	case "count":
 		g.add(key, path, false, 0, int64(-1), num(v)+1, big)
 	case "group_size":
-		g.add(key, path, false, 0, int64(-1))
+		if strings.Contains(path, "/lowrank_sym/") { // 0: one group per vector
+			g.add(key, path, false, int64(-1))
+		} else {
+			g.add(key, path, false, 0, int64(-1))
+		}
+	case "refit":
+		g.add(key, path, false, int64(-1))
+	case "refit_round":
+		g.add(key, path, false, int64(-1), big)
 	case "rel_error", "delta_norm", "energy_kept", "budget":
 		g.add(key, path, false, -1)
 	}
 }
 
-// bands adds band lists that contradict a Delta-CoMe record of rank r:
-// counts that wrap 64-bit sums to r, widths that increase, none at all.
-func (g *generator) bands(key, tensor string, r int64) {
+// bands adds band lists that contradict a Delta-CoMe record (path rec, as
+// tensor/lowrank) of rank r: counts that wrap 64-bit sums to r, widths that
+// increase, none at all.
+func (g *generator) bands(key, rec string, r int64) {
 	band := func(bits, count int64) map[string]any { return map[string]any{"bits": bits, "count": count} }
 	wrap := []any{band(2, big), band(2, big), band(2, big), band(2, big+r)}
 	vs := []any{wrap, []any{band(2, r+1)}}
@@ -281,7 +293,7 @@ func (g *generator) bands(key, tensor string, r int64) {
 	if r >= 2 {
 		vs = append(vs, []any{band(2, 1), band(3, r-1)})
 	}
-	g.add(strings.TrimSuffix(key, "rank")+"bands", tensor+"/lowrank/bands", false, vs...)
+	g.add(strings.TrimSuffix(key, "rank")+"bands", rec+"/bands", false, vs...)
 }
 
 // structural adds mutations of optional fields that js may lack.

@@ -57,7 +57,7 @@ func TestCompressInspectReconstruct(t *testing.T) {
 	var rep inspectJSON
 	require.NoError(t, json.Unmarshal([]byte(stdout), &rep))
 	assert.Equal(t, fi.Size(), rep.ArchiveBytes)
-	assert.Equal(t, 28, rep.ByKind[archive.KindLowRank].Tensors)
+	assert.Equal(t, 28, rep.ByKind[archive.KindLowRankSym].Tensors)
 
 	out := filepath.Join(dir, "out")
 	_, stderr, code = execute(t, "apply", "-q", tinyBase, arch, out)

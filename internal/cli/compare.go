@@ -50,8 +50,12 @@ func (o *compareOptions) validate() (*engine.CompareOptions, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &engine.CompareOptions{Methods: o.methods, Ratios: ratios, Schedule: s, GroupSize: o.groupSize,
-		Select: sel, Workers: o.workers, Tool: tool(), KeepDir: o.keep}, nil
+	refit := o.refit
+	if o.grid != engine.GridSym {
+		refit = 0
+	}
+	return &engine.CompareOptions{Methods: o.methods, Ratios: ratios, Schedule: s, GroupSize: o.resolvedGroupSize(),
+		Grid: o.grid, Refit: refit, Select: sel, Workers: o.workers, Tool: tool(), KeepDir: o.keep}, nil
 }
 
 func newCompareCmd() *cobra.Command {

@@ -108,7 +108,9 @@ func TestCompareUsage(t *testing.T) {
 		{"--ratios", "16,16"},
 		{"--methods", ""},
 		{"--methods", "lowrank,lowrank"},
-		{"--group-size", "0"},
+		{"--group-size", "-1"},
+		{"--grid", "nf4"},
+		{"--refit", "-1"},
 		{"--schedule", "9:1"},
 	} {
 		_, _, code := execute(t, append(append([]string{"compare"}, args...), tinyBase, tinyFT)...)

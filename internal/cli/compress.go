@@ -61,11 +61,13 @@ func (o *compressOptions) notApplying() (flags []string, why string) {
 	var ignored []string
 	switch {
 	case o.lossless:
-		ignored, why = []string{"ratio", "max-error", "budget", "method", "schedule", "group-size", "include", "exclude", "svd"}, "--lossless stores every tensor bit-exact"
+		ignored, why = []string{"ratio", "max-error", "budget", "method", "schedule", "group-size", "grid", "refit", "include", "exclude", "svd"}, "--lossless stores every tensor bit-exact"
 	case o.method == engine.MethodBitDelta:
-		ignored, why = []string{"ratio", "max-error", "budget", "schedule", "group-size", "svd"}, "--method bitdelta stores one sign per weight and one scale, a fixed size"
+		ignored, why = []string{"ratio", "max-error", "budget", "schedule", "group-size", "grid", "refit", "svd"}, "--method bitdelta stores one sign per weight and one scale, a fixed size"
 	case o.method == engine.MethodLowRank:
-		ignored, why = []string{"max-error", "budget", "schedule", "group-size", "svd"}, "--method lowrank keeps bf16 factors from the exact SVD at the --ratio budget"
+		ignored, why = []string{"max-error", "budget", "schedule", "group-size", "grid", "refit", "svd"}, "--method lowrank keeps bf16 factors from the exact SVD at the --ratio budget"
+	case o.grid == engine.GridAsym:
+		ignored, why = []string{"refit"}, "--grid asym has no refit"
 	}
 	for _, f := range ignored {
 		if o.given(f) {
@@ -76,7 +78,7 @@ func (o *compressOptions) notApplying() (flags []string, why string) {
 }
 
 func (o *compressOptions) validate() (*engine.CompressOptions, error) {
-	eo := &engine.CompressOptions{Mode: engine.ModeDeltaCoMe, Ratio: o.ratio, GroupSize: o.groupSize,
+	eo := &engine.CompressOptions{Mode: engine.ModeDeltaCoMe, Ratio: o.ratio, GroupSize: o.resolvedGroupSize(),
 		Workers: o.workers, Tool: tool()}
 	if o.lossless {
 		eo.Mode = engine.ModeLossless
@@ -88,6 +90,12 @@ func (o *compressOptions) validate() (*engine.CompressOptions, error) {
 		return nil, usageError{fmt.Errorf("--method %s compresses projections lossily; it cannot be combined with --lossless", o.method)}
 	}
 	eo.Method = o.method
+	if o.method == engine.MethodDeltaCoMe && !o.lossless {
+		eo.Grid = o.grid
+		if o.grid == engine.GridSym {
+			eo.Refit = o.refit
+		}
+	}
 	if flags, why := o.notApplying(); len(flags) > 0 {
 		return nil, usageError{fmt.Errorf("%s does not apply: %s", strings.Join(flags, ", "), why)}
 	}
@@ -215,6 +223,23 @@ Trade-offs:
               paper: the Delta-CoMe paper's 8 bit x 2, 3 bit x 32, 2 bit for
               the rest, fitted to each matrix's budget. A list such as
               8:2,3:32,2:rest fixes the bands yourself.
+  --grid      sym (default): each kept singular vector is quantized on its
+              own symmetric grid (levels at odd multiples of one bf16 scale,
+              no minimum), the singular value folded into u's scale: 4 bytes
+              of scales per pair instead of 4 per group of 128 plus a
+              float32 sigma, so more pairs fit the same bytes. asym: the
+              first format's grid (bf16 scale and minimum per --group-size
+              group, float32 sigma; archive kind lowrank), kept so that
+              comparisons can be rerun. docs/FIDELITY.md has the numbers.
+  --refit     rounds of alternating least squares after quantizing (grid
+              sym; default 0, off): given the quantized V, U·S is refitted
+              to the delta by least squares in the span of the SVD (k x k
+              normal equations, no product of the full matrix) and
+              requantized, then V likewise; each matrix keeps its round of
+              least error. One round lowers the error at the same bytes
+              (docs pair at ratio 16: 0.570 -> 0.556) but adds about a third
+              to compress's CPU time on 7B-sized matrices; later rounds cost
+              as much each and gain less (docs/FIDELITY.md).
   --method    deltacome (default): the above, the smallest error at a given
               size. lowrank: the top-r singular vectors in bf16, r the
               largest rank within the --ratio budget, as LoRA extraction

@@ -72,6 +72,8 @@ type planSettingsJSON struct {
 	Budget    string  `json:"budget,omitempty"`
 	Schedule  string  `json:"schedule,omitempty"`
 	GroupSize int     `json:"group_size,omitempty"`
+	Grid      string  `json:"grid,omitempty"`
+	Refit     int     `json:"refit,omitempty"`
 }
 
 type planTensorJSON struct {
@@ -119,6 +121,7 @@ func runDryRun(ctx context.Context, o *compressOptions, base, ft string, out io.
 		}
 		if eo.Mode == engine.ModeDeltaCoMe {
 			res.Settings.Method, res.Settings.Ratio, res.Settings.Schedule, res.Settings.GroupSize = eo.Method, eo.Ratio, eo.Schedule.String(), eo.GroupSize
+			res.Settings.Grid, res.Settings.Refit = eo.Grid, eo.Refit
 		}
 		if tg := p.Target; tg != nil {
 			res.Settings.Budget = tg.Budget
@@ -155,15 +158,19 @@ func renderPlan(out io.Writer, p *engine.CompressPlan, eo *engine.CompressOption
 	} else {
 		fmt.Fprintf(out, "plan:      %s against %s, from the headers only: nothing read past them, nothing written\n", ft, base)
 	}
+	grid := ""
+	if eo.Grid != "" {
+		grid = fmt.Sprintf(", grid %s, refit %d", eo.Grid, eo.Refit)
+	}
 	switch {
 	case eo.Mode == engine.ModeLossless:
 		fmt.Fprintf(out, "settings:  mode lossless\n\n")
 	case p.Target != nil && p.Target.MaxError > 0:
-		fmt.Fprintf(out, "settings:  mode %s, method %s, max error %g, budget %s, schedule %s, group size %d\n\n", eo.Mode, eo.Method, p.Target.MaxError, p.Target.Budget, eo.Schedule, eo.GroupSize)
+		fmt.Fprintf(out, "settings:  mode %s, method %s, max error %g, budget %s, schedule %s, group size %d%s\n\n", eo.Mode, eo.Method, p.Target.MaxError, p.Target.Budget, eo.Schedule, eo.GroupSize, grid)
 	case p.Target != nil:
-		fmt.Fprintf(out, "settings:  mode %s, method %s, ratio %g, budget %s, schedule %s, group size %d\n\n", eo.Mode, eo.Method, eo.Ratio, p.Target.Budget, eo.Schedule, eo.GroupSize)
+		fmt.Fprintf(out, "settings:  mode %s, method %s, ratio %g, budget %s, schedule %s, group size %d%s\n\n", eo.Mode, eo.Method, eo.Ratio, p.Target.Budget, eo.Schedule, eo.GroupSize, grid)
 	default:
-		fmt.Fprintf(out, "settings:  mode %s, method %s, ratio %g, schedule %s, group size %d\n\n", eo.Mode, eo.Method, eo.Ratio, eo.Schedule, eo.GroupSize)
+		fmt.Fprintf(out, "settings:  mode %s, method %s, ratio %g, schedule %s, group size %d%s\n\n", eo.Mode, eo.Method, eo.Ratio, eo.Schedule, eo.GroupSize, grid)
 	}
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	partCol := ""

@@ -19,13 +19,13 @@ func TestDryRun(t *testing.T) {
 	require.Equal(t, ExitOK, code, stderr)
 	var plan planJSON
 	require.NoError(t, json.Unmarshal([]byte(stdout), &plan))
-	assert.Equal(t, 28, plan.ByKind[archive.KindLowRank].Tensors)
+	assert.Equal(t, 28, plan.ByKind[archive.KindLowRankSym].Tensors)
 	for _, tn := range plan.Tensors {
-		if tn.Kind == archive.KindLowRank {
+		if tn.Kind == archive.KindLowRankSym {
 			assert.Equal(t, int64(tn.Shape[0]*tn.Shape[1]*2/32), tn.Budget, tn.Name)
 		}
 	}
-	assert.Greater(t, plan.MaxArchiveBytes, plan.ByKind[archive.KindLowRank].MaxBytes)
+	assert.Greater(t, plan.MaxArchiveBytes, plan.ByKind[archive.KindLowRankSym].MaxBytes)
 	assert.NoFileExists(t, out, "--dry-run writes nothing")
 	entries, err := os.ReadDir(dir)
 	require.NoError(t, err)

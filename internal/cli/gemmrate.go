@@ -71,12 +71,16 @@ func runGEMMRate(o *gemmRateOptions, out io.Writer) error {
 		}
 		defer ar.Close()
 		for _, t := range ar.Manifest.Tensors {
-			if t.LowRank == nil || len(t.Shape) != 2 {
+			lr, svdRank := t.LowRank, svdquant.SVDRank
+			if t.LowRankSym != nil {
+				lr, svdRank = &t.LowRankSym.LowRank, svdquant.SVDRankSym
+			}
+			if lr == nil || len(t.Shape) != 2 {
 				continue
 			}
-			m, n, k := int(t.Shape[0]), int(t.Shape[1]), t.LowRank.Rank
+			m, n, k := int(t.Shape[0]), int(t.Shape[1]), lr.Rank
 			res.CompressFLOPs += linalg.RandomizedFLOPs(m, n, k)
-			res.SVDRankFLOPs += linalg.RandomizedFLOPs(m, n, svdquant.SVDRank(m, n, t.LowRank.GroupSize, t.LowRank.Budget))
+			res.SVDRankFLOPs += linalg.RandomizedFLOPs(m, n, svdRank(m, n, lr.GroupSize, lr.Budget))
 			res.ReconstructFLOPs += linalg.ProductFLOPs(m, n, k)
 			res.LowRankTensors++
 		}

@@ -263,7 +263,7 @@ func TestHostileInputs(t *testing.T) {
 		add("inspect archive cut at "+strconv.Itoa(n), ExitBadInput, name, "inspect", p)
 	}
 	q := "model.layers.0.self_attn.q_proj.weight"
-	for _, blob := range []string{q + "/u.codes", q + "/v.codes", q + "/u.qparams", q + "/v.qparams", q + "/sigma",
+	for _, blob := range []string{q + "/u.codes", q + "/v.codes", q + "/u.scales", q + "/v.scales",
 		"model.layers.0.norm.weight/xor", "score.bias/data", "__side__/config.json"} {
 		name := "flip-" + strings.NewReplacer("/", "-", ".", "-").Replace(blob) + ".dcm"
 		p := damaged(t, arch, name, flipBlob(blob))

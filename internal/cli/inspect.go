@@ -102,10 +102,23 @@ func renderInspect(out io.Writer, r *engine.Report) error {
 		fmt.Fprintf(out, "settings:  mode %s, method bitdelta (1 bit per weight and one scale per matrix; fixed size)\n", s.Mode)
 	case s.Method == engine.MethodLowRank:
 		fmt.Fprintf(out, "settings:  mode %s, method lowrank (bf16 singular factors), ratio %g, svd %s\n", s.Mode, s.Ratio, s.SVD)
-	case s.MaxError > 0:
-		fmt.Fprintf(out, "settings:  mode %s, max error %g (budget %s), schedule %s, group size %d, svd %s\n", s.Mode, s.MaxError, s.Budget, s.Schedule, s.GroupSize, s.SVD)
 	default:
-		fmt.Fprintf(out, "settings:  mode %s, ratio %g, schedule %s, group size %d, svd %s\n", s.Mode, s.Ratio, s.Schedule, s.GroupSize, s.SVD)
+		size := fmt.Sprintf("ratio %g", s.Ratio)
+		switch {
+		case s.MaxError > 0:
+			size = fmt.Sprintf("max error %g (budget %s)", s.MaxError, s.Budget)
+		case s.Budget != "":
+			size += fmt.Sprintf(" (budget %s)", s.Budget)
+		}
+		grid := fmt.Sprintf("grid asym, group size %d", s.GroupSize)
+		if s.Grid == engine.GridSym {
+			grid = "grid sym (one scale per vector)"
+			if s.GroupSize > 0 {
+				grid = fmt.Sprintf("grid sym (group size %d)", s.GroupSize)
+			}
+			grid += fmt.Sprintf(", refit %d", s.Refit)
+		}
+		fmt.Fprintf(out, "settings:  mode %s, %s, schedule %s, %s, svd %s\n", s.Mode, size, s.Schedule, grid, s.SVD)
 	}
 	if m.Base.Source != "" {
 		fmt.Fprintf(out, "base:      %s, %s (%d tensors)\n", m.Base.Source, m.Base.Fingerprint, len(m.Base.Tensors))

@@ -11,6 +11,7 @@ import (
 
 	"github.com/deltacome/deltacome/internal/deltaplot"
 	"github.com/deltacome/deltacome/internal/engine"
+	"github.com/deltacome/deltacome/internal/svdquant"
 	"github.com/deltacome/deltacome/pkg/archive"
 )
 
@@ -54,11 +55,11 @@ func spectrumTensor(m *archive.Manifest, name string) (*archive.Tensor, error) {
 	for i := range m.Tensors {
 		t := &m.Tensors[i]
 		switch {
-		case name == "" && t.Kind == archive.KindLowRank && t.LowRank != nil && t.LowRank.Rank > 0:
+		case name == "" && quantizedRank(t) > 0:
 			return t, nil
 		case name != "" && t.Name == name:
-			if t.Kind != archive.KindLowRank || t.LowRank == nil || t.LowRank.Rank == 0 {
-				return nil, usageError{fmt.Errorf("--tensor %q is stored as %s with no singular vectors kept: only low-rank tensors (kind lowrank, rank > 0) have a spectrum in the archive", name, t.Kind)}
+			if quantizedRank(t) == 0 {
+				return nil, usageError{fmt.Errorf("--tensor %q is stored as %s with no singular vectors kept: only low-rank tensors (kind lowrank or lowrank-sym, rank > 0) have a spectrum in the archive", name, t.Kind)}
 			}
 			return t, nil
 		}
@@ -69,31 +70,71 @@ func spectrumTensor(m *archive.Manifest, name string) (*archive.Tensor, error) {
 	return nil, nil
 }
 
-// readSpectrum reads the sigma blob (float32, little-endian, one per kept
-// vector) of a low-rank tensor, its checksum verified.
+// quantizedRank is the rank of a tensor stored as quantized singular
+// vectors (kind lowrank or lowrank-sym), 0 for the other kinds.
+func quantizedRank(t *archive.Tensor) int {
+	switch {
+	case t.Kind == archive.KindLowRank && t.LowRank != nil:
+		return t.LowRank.Rank
+	case t.Kind == archive.KindLowRankSym && t.LowRankSym != nil:
+		return t.LowRankSym.Rank
+	}
+	return 0
+}
+
+// readSpectrum reads the singular values of a low-rank tensor, its
+// blobs' checksums verified: the sigma blob (float32, little-endian, one
+// per kept vector) of kind lowrank, the norms of the decoded rank-1 terms
+// of kind lowrank-sym.
 func readSpectrum(path string, rec *archive.Tensor) (*deltaplot.Spectrum, error) {
 	ar, err := archive.Open(path)
 	if err != nil {
 		return nil, err
 	}
 	defer ar.Close()
-	b, ok := rec.Blob(archive.RoleSigma)
-	if !ok {
-		return nil, fmt.Errorf("%w: tensor %q: low-rank record without a sigma blob", archive.ErrFormat, rec.Name)
+	blob := func(role string) ([]byte, error) {
+		b, ok := rec.Blob(role)
+		if !ok {
+			return nil, fmt.Errorf("%w: tensor %q: low-rank record without a %s blob", archive.ErrFormat, rec.Name, role)
+		}
+		raw, err := ar.Blob(b)
+		if err != nil {
+			return nil, fmt.Errorf("tensor %q: %w", rec.Name, err)
+		}
+		return raw, nil
 	}
-	raw, err := ar.Blob(b)
-	if err != nil {
-		return nil, fmt.Errorf("tensor %q: %w", rec.Name, err)
+	s := &deltaplot.Spectrum{Tensor: rec.Name}
+	var bands []archive.Band
+	if sym := rec.LowRankSym; sym != nil {
+		var f svdquant.SymFactors
+		for _, b := range []struct {
+			role string
+			dst  *[]byte
+		}{{archive.RoleUCodes, &f.UCodes}, {archive.RoleUScales, &f.UScales}, {archive.RoleVCodes, &f.VCodes}, {archive.RoleVScales, &f.VScales}} {
+			if *b.dst, err = blob(b.role); err != nil {
+				return nil, err
+			}
+		}
+		if s.Sigma, err = f.PairNorms(int(rec.Shape[0]), int(rec.Shape[1]), sym); err != nil {
+			return nil, fmt.Errorf("tensor %q: %w", rec.Name, err)
+		}
+		bands = sym.Bands
+	} else {
+		raw, err := blob(archive.RoleSigma)
+		if err != nil {
+			return nil, err
+		}
+		lr := rec.LowRank
+		if len(raw) != 4*lr.Rank {
+			return nil, fmt.Errorf("%w: tensor %q: sigma blob of %d bytes for rank %d", archive.ErrFormat, rec.Name, len(raw), lr.Rank)
+		}
+		s.Sigma = make([]float64, lr.Rank)
+		for i := range s.Sigma {
+			s.Sigma[i] = float64(math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:])))
+		}
+		bands = lr.Bands
 	}
-	lr := rec.LowRank
-	if len(raw) != 4*lr.Rank {
-		return nil, fmt.Errorf("%w: tensor %q: sigma blob of %d bytes for rank %d", archive.ErrFormat, rec.Name, len(raw), lr.Rank)
-	}
-	s := &deltaplot.Spectrum{Tensor: rec.Name, Sigma: make([]float64, lr.Rank)}
-	for i := range s.Sigma {
-		s.Sigma[i] = float64(math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:])))
-	}
-	for _, band := range lr.Bands {
+	for _, band := range bands {
 		s.Bands = append(s.Bands, deltaplot.Band{Bits: band.Bits, Count: band.Count})
 	}
 	return s, nil

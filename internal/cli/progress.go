@@ -112,8 +112,9 @@ func countWidth(total int) int { return len(fmt.Sprint(total)) }
 // [ 12/291] name [11008x4096] bf16 -> rank 1462 (8:2 3:32 2:1428) 86.0 MiB -> 5.4 MiB err 0.041
 func tensorLine(ev engine.Event) string {
 	s := fmt.Sprintf("[%*d/%d] %s [%s] %s -> ", countWidth(ev.Total), ev.Index+1, ev.Total, ev.Name, shapeString(ev.Shape), ev.DType)
+	quantized := ev.Kind == archive.KindLowRank || ev.Kind == archive.KindLowRankSym
 	switch {
-	case ev.Kind == archive.KindLowRank:
+	case quantized:
 		s += fmt.Sprintf("rank %d (%s) ", ev.Rank, ev.Bands)
 	case ev.Rank > 0:
 		s += fmt.Sprintf("%s rank %d ", ev.Kind, ev.Rank)
@@ -121,7 +122,7 @@ func tensorLine(ev engine.Event) string {
 		s += ev.Kind + " "
 	}
 	s += fmt.Sprintf("%s -> %s", size(ev.OrigBytes), size(ev.StoredBytes))
-	if ev.Kind == archive.KindLowRank || ev.RelError > 0 {
+	if quantized || ev.RelError > 0 {
 		s += fmt.Sprintf(" err %.4f", ev.RelError)
 	}
 	if ev.SVDFallback != "" {

@@ -101,7 +101,7 @@ func TestArchiveReports(t *testing.T) {
 		require.NoError(t, json.Unmarshal([]byte(stdout), &rep))
 		var product float64
 		for _, tj := range rep.Tensors {
-			if tj.Kind == "lowrank" {
+			if tj.Kind == "lowrank-sym" {
 				product += 2 * float64(tj.Shape[0]) * float64(tj.Shape[1]) * float64(*tj.Rank)
 			}
 		}

@@ -128,7 +128,7 @@ func TestMoEPairCompresses(t *testing.T) {
 		inBlock := engine.Layer(rec.Name) >= 0 && len(rec.Shape) == 2
 		isRouter := strings.HasSuffix(rec.Name, "block_sparse_moe.gate.weight")
 		if inBlock && !isRouter {
-			assert.Equal(t, archive.KindLowRank, rec.Kind, rec.Name)
+			assert.Equal(t, archive.KindLowRankSym, rec.Kind, rec.Name)
 			lossy++
 			roles[engine.Role(rec.Name)]++
 		} else {

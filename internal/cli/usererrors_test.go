@@ -224,7 +224,7 @@ func TestInspectReadsLikeAPerson(t *testing.T) {
 	stdout, _, code := execute(t, "inspect", arch)
 	require.Equal(t, ExitOK, code)
 	assert.Contains(t, stdout, "base:      base, sha256:")
-	assert.Regexp(t, `model\.layers\.0\.self_attn\.q_proj\.weight +384x384 +BF16 +lowrank +[0-9.]+ KiB +288\.0 KiB`, stdout)
+	assert.Regexp(t, `model\.layers\.0\.self_attn\.q_proj\.weight +384x384 +BF16 +lowrank-sym +[0-9.]+ KiB +288\.0 KiB`, stdout)
 	i1, i3 := strings.Index(stdout, "model.layers.1.mlp"), strings.Index(stdout, "model.layers.3.mlp")
 	require.True(t, i1 >= 0 && i3 >= 0)
 	assert.Less(t, i1, i3)

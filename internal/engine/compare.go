@@ -27,9 +27,12 @@ type CompareOptions struct {
 	Ratios    []float64
 	Schedule  alloc.Schedule
 	GroupSize int
-	Select    *Selector
-	Workers   int
-	Tool      string
+	// Grid and Refit apply to MethodDeltaCoMe as in CompressOptions.
+	Grid    string
+	Refit   int
+	Select  *Selector
+	Workers int
+	Tool    string
 	// KeepDir, when not "", is the folder (created if missing) the archives
 	// are written to and kept in, named by ArchiveName. Otherwise they are
 	// written to a temporary folder and removed once measured.
@@ -117,7 +120,7 @@ func Compare(ctx context.Context, basePath, ftPath string, opt CompareOptions) (
 		ratios = DefaultCompareRatios
 	}
 	for i, m := range methods {
-		if m == "" || checkMethod(m) != nil {
+		if m == "" || checkMethod(m, "") != nil {
 			return nil, errorf(ErrUsage, "unknown method %q (want deltacome, bitdelta or lowrank)", m)
 		}
 		if slices.Contains(methods[:i], m) {
@@ -158,6 +161,9 @@ func Compare(ctx context.Context, basePath, ftPath string, opt CompareOptions) (
 			path := filepath.Join(dir, ArchiveName(m, ratio))
 			co := CompressOptions{Mode: ModeDeltaCoMe, Method: m, Ratio: ratio, Schedule: opt.Schedule,
 				GroupSize: opt.GroupSize, Select: opt.Select, Workers: opt.Workers, Tool: opt.Tool, Progress: opt.Progress}
+			if m == MethodDeltaCoMe {
+				co.Grid, co.Refit = opt.Grid, opt.Refit
+			}
 			if _, err := Compress(ctx, basePath, ftPath, path, co); err != nil {
 				return nil, fmt.Errorf("%s at ratio %v: %w", m, ratio, err)
 			}

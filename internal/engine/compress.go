@@ -56,8 +56,15 @@ type CompressOptions struct {
 	Budget string
 	// Schedule allocates bit widths to singular vectors.
 	Schedule alloc.Schedule
-	// GroupSize is the quantization group length along each singular vector.
+	// GroupSize is the quantization group length along each singular
+	// vector; on GridSym 0 means one group (one scale) per vector.
 	GroupSize int
+	// Grid is the quantization grid of MethodDeltaCoMe: GridSym (also "")
+	// or GridAsym; "" for the other methods.
+	Grid string
+	// Refit is the number of alternating least-squares rounds run on the
+	// quantized factors on GridSym (0: none; see svdquant.EncodeSym).
+	Refit int
 	// SVD selects the truncated SVD route of each projection (zero value:
 	// auto, see linalg.Route); recorded as Settings.SVD.
 	SVD linalg.Route
@@ -266,14 +273,17 @@ func (opt *CompressOptions) validate() error {
 		if opt.MaxError == 0 && !(opt.Ratio >= 1) {
 			return errorf(ErrUsage, "ratio must be >= 1, got %v", opt.Ratio)
 		}
-		if opt.GroupSize < 1 {
-			return errorf(ErrUsage, "group size must be >= 1, got %d", opt.GroupSize)
+		if err := checkMethod(opt.Method, opt.Grid); err != nil {
+			return err
+		}
+		if g := opt.GroupSize; g < 0 || (g == 0 && opt.method() == MethodDeltaCoMe && opt.grid() != GridSym) {
+			return errorf(ErrUsage, "group size must be >= 1 (>= 0 on grid sym), got %d", opt.GroupSize)
+		}
+		if opt.Refit < 0 || opt.Refit > svdquant.MaxRefit {
+			return errorf(ErrUsage, "refit rounds must be 0 to %d, got %d", svdquant.MaxRefit, opt.Refit)
 		}
 		if opt.Select == nil {
 			return errorf(ErrUsage, "no tensor selector")
-		}
-		if err := checkMethod(opt.Method); err != nil {
-			return err
 		}
 	default:
 		return errorf(ErrUsage, "unknown mode %q", opt.Mode)
@@ -383,8 +393,7 @@ func (e *encoded) storeLossy(data []byte, dt safetensors.DType, bdata []byte, bd
 	if opt.target != nil {
 		return e.storeTarget(delta, rows, cols, opt)
 	}
-	k, _ := storage.ForMethod(opt.method()) // checked by opt.validate
-	return e.store(k.Name, &storage.Input{Delta: delta, Rows: rows, Cols: cols, Options: opt.encodeOptions()})
+	return e.store(opt.kind().Name, &storage.Input{Delta: delta, Rows: rows, Cols: cols, Options: opt.encodeOptions()})
 }
 
 // store encodes in as storage kind name, through the kind's entry of the

@@ -16,6 +16,7 @@ import (
 	"github.com/deltacome/deltacome/internal/alloc"
 	"github.com/deltacome/deltacome/internal/checkpoint"
 	"github.com/deltacome/deltacome/internal/dtype"
+	"github.com/deltacome/deltacome/internal/svdquant"
 	"github.com/deltacome/deltacome/pkg/archive"
 	"github.com/deltacome/deltacome/pkg/stfile"
 )
@@ -35,7 +36,9 @@ func deltaOpts(t testing.TB, ratio float64, schedule string) CompressOptions {
 	require.NoError(t, err)
 	sel, err := NewSelector(nil, nil)
 	require.NoError(t, err)
-	return CompressOptions{Mode: ModeDeltaCoMe, Ratio: ratio, Schedule: s, GroupSize: 128, Select: sel, Tool: "test"}
+	// compress's defaults: the symmetric grid, a scale per vector, no
+	// refit.
+	return CompressOptions{Mode: ModeDeltaCoMe, Ratio: ratio, Schedule: s, Refit: svdquant.DefaultRefit, Select: sel, Tool: "test"}
 }
 
 // tensors reads every tensor of a checkpoint into a map of copies.

@@ -114,7 +114,7 @@ func compressSmall(t *testing.T) (base, ft, arch string, raw []byte) {
 	for _, rec := range r.Manifest.Tensors {
 		kinds[rec.Kind] = true
 	}
-	require.Equal(t, map[string]bool{archive.KindLowRank: true, archive.KindXOR: true, archive.KindSame: true, archive.KindFull: true}, kinds,
+	require.Equal(t, map[string]bool{archive.KindLowRankSym: true, archive.KindXOR: true, archive.KindSame: true, archive.KindFull: true}, kinds,
 		"the small pair exercises every kind")
 	return base, ft, arch, raw
 }
@@ -177,7 +177,7 @@ func TestReconstructCutArchive(t *testing.T) {
 func TestReconstructFlippedBlobs(t *testing.T) {
 	base, _, _, raw := compressSmall(t)
 	_, blobs := structure(t, raw)
-	require.Len(t, blobs, 2+5+5+1, "xor, full, two low-rank tensors, side file")
+	require.Len(t, blobs, 2+4+4+1, "xor, full, two low-rank tensors (four blobs each), side file")
 	for name, span := range blobs {
 		t.Run(name, func(t *testing.T) {
 			b := bytes.Clone(raw)

@@ -40,7 +40,7 @@ func aggErrorAgainstFT(t *testing.T, m *archive.Manifest, base, ft, rec string) 
 	}
 	var errSq, normSq float64
 	for _, r := range m.Tensors {
-		if r.Kind != archive.KindLowRank {
+		if !archive.KindLossy(r.Kind) {
 			continue
 		}
 		wb, wf, wr := decode(cb, r.Name), decode(cf, r.Name), decode(cr, r.Name)
@@ -78,7 +78,7 @@ func TestDeltaCoMeTinyPair(t *testing.T) {
 			rep, err := Inspect(arch)
 			require.NoError(t, err)
 			for _, r := range rep.Manifest.Tensors {
-				if r.Kind != archive.KindLowRank {
+				if !archive.KindLossy(r.Kind) {
 					continue
 				}
 				budget := int64(float64(r.Shape[0]*r.Shape[1]*2) / tc.ratio)
@@ -92,7 +92,7 @@ func TestDeltaCoMeTinyPair(t *testing.T) {
 			// Non-projection tensors are bit-exact.
 			want, got := tensors(t, tinyFT), tensors(t, out)
 			for _, r := range rep.Manifest.Tensors {
-				if r.Kind != archive.KindLowRank {
+				if !archive.KindLossy(r.Kind) {
 					assert.Equal(t, want[r.Name], got[r.Name], r.Name)
 				}
 			}

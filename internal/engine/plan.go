@@ -209,7 +209,7 @@ func PlanContext(ctx context.Context, basePath, ftPath string, opt CompressOptio
 		}
 		switch class {
 		case classLossy:
-			k, _ := storage.ForMethod(opt.method()) // checked by opt.validate
+			k := opt.kind()
 			pt.Kind = k.Name
 			pt.Budget, pt.MaxBytes = k.Cost(int(t.Shape[0]), int(t.Shape[1]), opt.Ratio)
 			if opt.target != nil {

@@ -41,8 +41,8 @@ func TestPlanBoundsCompress(t *testing.T) {
 				switch pt.Kind {
 				case PlanSameOrXOR:
 					assert.Contains(t, []string{archive.KindSame, archive.KindXOR}, rec.Kind, pt.Name)
-				case archive.KindLowRank:
-					assert.Contains(t, []string{archive.KindSame, archive.KindLowRank}, rec.Kind, pt.Name)
+				case archive.KindLowRankSym:
+					assert.Contains(t, []string{archive.KindSame, archive.KindLowRankSym}, rec.Kind, pt.Name)
 					assert.Equal(t, svdquant.Budget(int(pt.Shape[0]), int(pt.Shape[1]), tc.opt.Ratio), pt.Budget)
 				default:
 					assert.Equal(t, pt.Kind, rec.Kind, pt.Name)
@@ -56,7 +56,7 @@ func TestPlanBoundsCompress(t *testing.T) {
 			// real lists have up to five: within 10% of the real header.
 			assert.InEpsilon(t, float64(realHeader), float64(plan.HeaderBytes), 0.1)
 			if tc.opt.Mode == ModeDeltaCoMe {
-				assert.Equal(t, 28, plan.ByKind[archive.KindLowRank].Tensors)
+				assert.Equal(t, 28, plan.ByKind[archive.KindLowRankSym].Tensors)
 			}
 		})
 	}

@@ -33,8 +33,8 @@ func TestRankZeroIsTheBase(t *testing.T) {
 			var projections []string
 			for _, rec := range rep.Manifest.Tensors {
 				switch rec.Kind {
-				case archive.KindLowRank:
-					assert.Zero(t, rec.LowRank.Rank, rec.Name)
+				case archive.KindLowRankSym:
+					assert.Zero(t, rec.LowRankSym.Rank, rec.Name)
 				case archive.KindLowRankBF16:
 					assert.Zero(t, rec.LowRankBF16.Rank, rec.Name)
 				default:

@@ -82,7 +82,10 @@ func workCost(t, bt checkpoint.Tensor, c tensorClass, opt *CompressOptions) int6
 	}
 	rows, cols := int(t.Shape[0]), int(t.Shape[1])
 	budget := svdquant.Budget(rows, cols, opt.Ratio)
-	k := int64(svdquant.SVDRank(rows, cols, opt.GroupSize, budget))
+	var k int64
+	if svdRank := opt.kind().SVDRank; svdRank != nil {
+		k = int64(svdRank(rows, cols, opt.GroupSize, budget))
+	}
 	if opt.method() == MethodLowRank {
 		k = budget / (2 * int64(rows+cols)) // bf16 factors: 2·k·(rows + cols) bytes
 	}

@@ -11,7 +11,6 @@ import (
 	"github.com/deltacome/deltacome/internal/checkpoint"
 	"github.com/deltacome/deltacome/internal/storage"
 	"github.com/deltacome/deltacome/internal/svdquant"
-	"github.com/deltacome/deltacome/pkg/archive"
 )
 
 // An error target (CompressOptions.MaxError) is met in two passes over the
@@ -177,7 +176,7 @@ func curveOf(base, ft *checkpoint.Checkpoint, name string, opt *CompressOptions)
 	if err := svdquant.Delta(delta, data, t.DType, bdata, bt.DType); err != nil {
 		return nil, errorf(ErrInput, "tensor %q: %w", name, err)
 	}
-	tt.curve, tt.normSq, err = svdquant.Curve(delta, rows, cols, tt.ladder, opt.encodeOptions())
+	tt.curve, tt.normSq, err = svdquant.Curve(delta, rows, cols, tt.ladder, opt.encodeOptions(), opt.grid() == GridSym)
 	if err != nil {
 		return nil, fmt.Errorf("tensor %q: %w", name, err)
 	}
@@ -186,7 +185,7 @@ func curveOf(base, ft *checkpoint.Checkpoint, name string, opt *CompressOptions)
 
 // encodeOptions returns the svdquant options of opt's ratio.
 func (opt *CompressOptions) encodeOptions() svdquant.Options {
-	return svdquant.Options{Ratio: opt.Ratio, Schedule: opt.Schedule, GroupSize: opt.GroupSize, SVD: opt.SVD}
+	return svdquant.Options{Ratio: opt.Ratio, Schedule: opt.Schedule, GroupSize: opt.GroupSize, SVD: opt.SVD, Refit: opt.Refit}
 }
 
 // storeTarget stores the projection of e (delta, rows x cols) at the budget
@@ -202,7 +201,7 @@ func (e *encoded) storeTarget(delta []float32, rows, cols int, opt CompressOptio
 	for k := tt.choice; ; k++ {
 		o.MaxBytes = tt.ladder[k]
 		e.blobs = e.blobs[:0]
-		if err := e.store(archive.KindLowRank, &storage.Input{Delta: delta, Rows: rows, Cols: cols, Options: o}); err != nil {
+		if err := e.store(opt.kind().Name, &storage.Input{Delta: delta, Rows: rows, Cols: cols, Options: o}); err != nil {
 			return err
 		}
 		rel, norm, _ := e.rec.DeltaError()

@@ -32,10 +32,11 @@ var vectorsDir = filepath.Join("..", "..", "testdata", "vectors")
 
 // vectorArchives are the archives of the test vectors and the methods that
 // made them.
-var vectorArchives = []struct{ file, method string }{
-	{"deltacome.dcm", MethodDeltaCoMe},
-	{"bitdelta.dcm", MethodBitDelta},
-	{"lowrank.dcm", MethodLowRank},
+var vectorArchives = []struct{ file, method, grid string }{
+	{"deltacome.dcm", MethodDeltaCoMe, GridAsym},
+	{"bitdelta.dcm", MethodBitDelta, ""},
+	{"lowrank.dcm", MethodLowRank, ""},
+	{"deltacome-sym.dcm", MethodDeltaCoMe, GridSym},
 }
 
 // vectorPair writes the base and fine-tune of the test vectors: a tensor
@@ -102,7 +103,10 @@ func TestVectors(t *testing.T) {
 		require.NoError(t, os.WriteFile(filepath.Join(baseDir, "model.safetensors"), raw, 0o644))
 		for _, a := range vectorArchives {
 			opt := deltaOpts(t, 8, "auto")
-			opt.Method, opt.GroupSize, opt.Tool = a.method, 12, "deltacome test vectors"
+			opt.Method, opt.GroupSize, opt.Tool, opt.Grid = a.method, 12, "deltacome test vectors", a.grid
+			if a.grid == GridSym { // a scale per vector, and a refit round to pin its decoding
+				opt.GroupSize, opt.Refit = 0, 1
+			}
 			_, err := Compress(ctx, base, ft, filepath.Join(vectorsDir, a.file), opt)
 			require.NoError(t, err)
 		}
@@ -134,13 +138,13 @@ func TestVectors(t *testing.T) {
 		require.Len(t, got[a.file], len(want[a.file]), a.file)
 		for _, rec := range rep.Manifest.Tensors {
 			kinds[rec.Kind] = true
-			if rec.Kind == archive.KindLowRank && linalg.Backend != pureGoBackend {
+			if (rec.Kind == archive.KindLowRank || rec.Kind == archive.KindLowRankSym) && linalg.Backend != pureGoBackend {
 				continue // another summation order: checked by the round-trip tests
 			}
 			assert.Equal(t, want[a.file][rec.Name], got[a.file][rec.Name], "%s: %s (%s)", a.file, rec.Name, rec.Kind)
 		}
 	}
-	assert.Len(t, kinds, 6, "the vectors hold every storage kind: %v", kinds)
+	assert.Len(t, kinds, 7, "the vectors hold every storage kind: %v", kinds)
 }
 
 // pureGoBackend is linalg.Backend in the build whose Delta-CoMe product
@@ -190,6 +194,11 @@ func TestVectorsFollowTheSpec(t *testing.T) {
 					continue
 				}
 				hat = specLowRank(blob, rec.LowRank, rows, cols)
+			case archive.KindLowRankSym:
+				if linalg.Backend != pureGoBackend {
+					continue
+				}
+				hat = specLowRankSym(blob, rec.LowRankSym, rows, cols)
 			case archive.KindBitDelta:
 				hat = specBitDelta(blob, cols)
 			case archive.KindLowRankBF16:
@@ -227,16 +236,7 @@ func specLowRank(blob func(string) []byte, lr *archive.LowRank, rows, cols int) 
 	// vector returns element e of vector j (n elements) of a code stream and
 	// its qparams: min + code x scale, the product rounded first.
 	vector := func(codes, qp []byte, n, j, e int) float32 {
-		pos := 0
-		for _, b := range widths[:j] {
-			pos += n * b
-		}
-		pos += e * widths[j]
-		var code uint32
-		for bit := range widths[j] {
-			p := pos + bit
-			code |= uint32(codes[p/8]>>(p%8)&1) << bit
-		}
+		code := specCode(codes, widths, n, j, e)
 		q := (j*((n+g-1)/g) + e/g) * 4
 		scale := dtype.Float32FromBF16(binary.LittleEndian.Uint16(qp[q:]))
 		mn := dtype.Float32FromBF16(binary.LittleEndian.Uint16(qp[q+2:]))
@@ -249,6 +249,56 @@ func specLowRank(blob func(string) []byte, lr *archive.LowRank, rows, cols int) 
 			u := float32(vector(uc, uq, rows, j, i) * s)
 			if u != 0 {
 				w += float32(u * vector(vc, vq, cols, j, k))
+			}
+		}
+		return w
+	}
+}
+
+// specCode returns the code of element e of vector j (n elements) of a
+// code stream whose vectors have the given widths, read bit by bit as
+// section 2.7 states the stream.
+func specCode(codes []byte, widths []int, n, j, e int) uint32 {
+	pos := 0
+	for _, b := range widths[:j] {
+		pos += n * b
+	}
+	pos += e * widths[j]
+	var code uint32
+	for bit := range widths[j] {
+		p := pos + bit
+		code |= uint32(codes[p/8]>>(p%8)&1) << bit
+	}
+	return code
+}
+
+// specLowRankSym returns element (i, k) of W given W_base's as the spec's
+// section 2.10 computes it: as section 2.7, with u and v on symmetric grids
+// and u carrying the singular value.
+func specLowRankSym(blob func(string) []byte, lr *archive.LowRankSym, rows, cols int) func(i, k int, w float32) float32 {
+	r, g := lr.Rank, lr.GroupSize
+	var widths []int
+	for _, b := range lr.Bands {
+		for range b.Count {
+			widths = append(widths, b.Bits)
+		}
+	}
+	// vector returns element e of vector j (n elements): (2 code - maxQ) x
+	// scale, the scale of its group.
+	vector := func(codes, scales []byte, n, j, e int) float32 {
+		code := specCode(codes, widths, n, j, e)
+		groups, group := 1, 0
+		if g > 0 {
+			groups, group = (n+g-1)/g, e/g
+		}
+		scale := dtype.Float32FromBF16(binary.LittleEndian.Uint16(scales[2*(j*groups+group):]))
+		return float32(2*int(code)-(1<<widths[j]-1)) * scale
+	}
+	uc, us, vc, vs := blob(archive.RoleUCodes), blob(archive.RoleUScales), blob(archive.RoleVCodes), blob(archive.RoleVScales)
+	return func(i, k int, w float32) float32 {
+		for j := range r {
+			if u := vector(uc, us, rows, j, i); u != 0 {
+				w += float32(u * vector(vc, vs, cols, j, k))
 			}
 		}
 		return w

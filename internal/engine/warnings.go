@@ -160,7 +160,7 @@ func rankZeroAhead(shape []uint64, opt *CompressOptions) bool {
 	if rows == 0 || cols == 0 {
 		return false
 	}
-	k, ok := storage.ForMethod(opt.method())
+	k, ok := storage.ForMethod(opt.method(), opt.grid())
 	if !ok || k.PairBytes == nil {
 		return false
 	}

@@ -45,6 +45,10 @@ type Kind struct {
 	// projection, for kinds that keep a rank; groupSize is the
 	// quantization group length asked for.
 	PairBytes func(rows, cols, groupSize int) int64
+	// SVDRank is the number of singular triplets Encode computes for a
+	// rows x cols projection with a budget of budget bytes, for kinds that
+	// quantize singular vectors (nil for the others).
+	SVDRank func(rows, cols, groupSize int, budget int64) int
 	// Estimate sets on rec a description record of typical size for
 	// budget, for estimating a header from a plan. Lossy kinds only.
 	Estimate func(rec *archive.Tensor, budget int64, groupSize int)
@@ -71,7 +75,8 @@ type Input struct {
 	Delta      []float32
 	Rows, Cols int
 	// Options are the lossy kinds' settings; Ratio applies to every one
-	// but KindBitDelta, the rest to KindLowRank only.
+	// but KindBitDelta, the rest to KindLowRank and KindLowRankSym only
+	// (Refit to KindLowRankSym only).
 	Options svdquant.Options
 }
 
@@ -125,9 +130,10 @@ func Lookup(name string) (*Kind, bool) {
 }
 
 // ForMethod returns the lossy kind compress method stores projections as
-// ("" meaning the default, Delta-CoMe), and false for an unknown method.
-func ForMethod(method string) (*Kind, bool) {
-	name, ok := archive.MethodKind(method)
+// ("" meaning the default, Delta-CoMe) on grid (archive.Settings.Grid), and
+// false for an unknown method or a grid that does not apply to it.
+func ForMethod(method, grid string) (*Kind, bool) {
+	name, ok := archive.MethodKind(method, grid)
 	if !ok {
 		return nil, false
 	}
@@ -223,6 +229,7 @@ var kinds = []Kind{
 		},
 		Cost:      budgetCost,
 		PairBytes: func(rows, cols, groupSize int) int64 { return alloc.Cost(rows, cols, groupSize, []int{1}) },
+		SVDRank:   svdquant.SVDRank,
 		Estimate: func(rec *archive.Tensor, budget int64, groupSize int) {
 			rec.LowRank = &archive.LowRank{Rank: 1, Bands: []archive.Band{{Bits: 8, Count: 1}}, GroupSize: groupSize,
 				RelError: 0.5, DeltaNorm: 1, EnergyKept: 0.5, Budget: budget}
@@ -300,6 +307,54 @@ var kinds = []Kind{
 			return Report{Rank: &lr.Rank, Budget: &lr.Budget, EnergyKept: &lr.EnergyKept}
 		},
 	},
+	{
+		Name: archive.KindLowRankSym,
+		Base: true,
+		Encode: func(rec *archive.Tensor, in *Input) ([]Blob, error) {
+			enc, err := svdquant.EncodeSym(in.Delta, in.Rows, in.Cols, in.Options)
+			if err != nil {
+				return nil, err
+			}
+			rec.LowRankSym = &enc.Record
+			return []Blob{
+				{Role: archive.RoleUCodes, Raw: enc.UCodes, Codec: archive.CodecRaw, DType: safetensors.U8},
+				{Role: archive.RoleUScales, Raw: enc.UScales, Codec: archive.CodecRaw, DType: safetensors.BF16, Shape: []uint64{uint64(len(enc.UScales) / 2)}},
+				{Role: archive.RoleVCodes, Raw: enc.VCodes, Codec: archive.CodecRaw, DType: safetensors.U8},
+				{Role: archive.RoleVScales, Raw: enc.VScales, Codec: archive.CodecRaw, DType: safetensors.BF16, Shape: []uint64{uint64(len(enc.VScales) / 2)}},
+			}, nil
+		},
+		Decode: applied(func(out []byte, dt safetensors.DType, rows, cols int, in *DecodeInput) error {
+			return svdquant.ApplySym(out, dt, in.Base, in.BaseDType, rows, cols, in.Rec.LowRankSym, symFactors(in.Blobs))
+		}),
+		// The output and the decoded factors in float32, as KindLowRank.
+		Memory: func(rec *archive.Tensor) int64 {
+			n := rec.Bytes
+			if len(rec.Shape) == 2 && rec.LowRankSym != nil {
+				n += 4 * int64(rec.LowRankSym.Rank) * int64(rec.Shape[0]+rec.Shape[1])
+			}
+			return n
+		},
+		Cost: budgetCost,
+		// groupSize is the asymmetric grid's flag; the symmetric grid
+		// keeps one scale per vector, the cheapest pair.
+		PairBytes: func(rows, cols, _ int) int64 { return alloc.CostSym(rows, cols, 0, []int{1}) },
+		SVDRank:   svdquant.SVDRankSym,
+		Estimate: func(rec *archive.Tensor, budget int64, _ int) {
+			rec.LowRankSym = &archive.LowRankSym{LowRank: archive.LowRank{Rank: 1, Bands: []archive.Band{{Bits: 8, Count: 1}},
+				RelError: 0.5, DeltaNorm: 1, EnergyKept: 0.5, Budget: budget}, Refit: svdquant.MaxRefit, RefitRound: svdquant.MaxRefit}
+		},
+		Settings: func(*archive.Settings) {},
+		Product: func(rec *archive.Tensor, blobs [][]byte) ([]float32, error) {
+			return symFactors(blobs).Product(int(rec.Shape[0]), int(rec.Shape[1]), rec.LowRankSym)
+		},
+		Report: func(rec *archive.Tensor) Report {
+			lr := rec.LowRankSym
+			if lr == nil {
+				return Report{}
+			}
+			return Report{Rank: &lr.Rank, Bands: lr.Bands, Budget: &lr.Budget, EnergyKept: &lr.EnergyKept, SVDFallback: lr.SVDFallback}
+		},
+	},
 }
 
 // outputBytes is the working memory of a kind that holds only its output.
@@ -346,6 +401,12 @@ func qparamsShape(qp []byte) []uint64 { return []uint64{uint64(len(qp) / 4), 2} 
 // archive.KindRoles order: sigma, u.codes, u.qparams, v.codes, v.qparams.
 func lowRankFactors(blobs [][]byte) *svdquant.Factors {
 	return &svdquant.Factors{Sigma: blobs[0], UCodes: blobs[1], UQParams: blobs[2], VCodes: blobs[3], VQParams: blobs[4]}
+}
+
+// symFactors names a lowrank-sym tensor's blobs, given in
+// archive.KindRoles order: u.codes, u.scales, v.codes, v.scales.
+func symFactors(blobs [][]byte) *svdquant.SymFactors {
+	return &svdquant.SymFactors{UCodes: blobs[0], UScales: blobs[1], VCodes: blobs[2], VScales: blobs[3]}
 }
 
 // matrix returns the dtype and dimensions of a lossy kind's tensor,

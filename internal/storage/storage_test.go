@@ -32,12 +32,19 @@ func TestKindsMatchArchive(t *testing.T) {
 		}
 	}
 	for _, method := range []string{"", "deltacome", "bitdelta", "lowrank"} {
-		k, ok := ForMethod(method)
+		k, ok := ForMethod(method, "")
 		require.True(t, ok, method)
 		assert.True(t, archive.KindLossy(k.Name), method)
 	}
-	_, ok := ForMethod("sparse")
+	for grid, want := range map[string]string{"": archive.KindLowRank, "asym": archive.KindLowRank, "sym": archive.KindLowRankSym} {
+		k, ok := ForMethod("deltacome", grid)
+		require.True(t, ok, grid)
+		assert.Equal(t, want, k.Name, grid)
+	}
+	_, ok := ForMethod("sparse", "")
 	assert.False(t, ok)
+	_, ok = ForMethod("bitdelta", "sym")
+	assert.False(t, ok, "a grid applies to method deltacome only")
 	_, ok = Lookup("sparse")
 	assert.False(t, ok)
 }

@@ -50,7 +50,11 @@ func LadderBudgets(rows, cols int) []int64 {
 // so the prediction differs from Encode's measured error by the
 // interaction of the pairs' quantization errors: within 0.1% of the squared
 // error on the tests' synthetic deltas (TestCurvePredictsEncode).
-func Curve(delta []float32, rows, cols int, budgets []int64, opt Options) (c alloc.Curve, normSq float64, err error) {
+//
+// sym selects the symmetric grid's layout and measurements (EncodeSym at
+// Refit 0; a refit only lowers the error below the prediction), else the
+// asymmetric one (Encode).
+func Curve(delta []float32, rows, cols int, budgets []int64, opt Options, sym bool) (c alloc.Curve, normSq float64, err error) {
 	g := opt.GroupSize
 	normSq = sumSq(delta)
 	c = alloc.Curve{Bytes: make([]int64, len(budgets)), SqErr: make([]float64, len(budgets))}
@@ -61,7 +65,11 @@ func Curve(delta []float32, rows, cols int, budgets []int64, opt Options) (c all
 	for _, b := range budgets {
 		top = max(top, b)
 	}
-	rank := SVDRank(rows, cols, g, top)
+	svdRank, layout := SVDRank, alloc.LayoutAsym
+	if sym {
+		svdRank, layout = SVDRankSym, alloc.LayoutSym
+	}
+	rank := svdRank(rows, cols, g, top)
 	for k := range c.SqErr {
 		c.SqErr[k] = normSq
 	}
@@ -80,9 +88,10 @@ func Curve(delta []float32, rows, cols int, budgets []int64, opt Options) (c all
 	}
 	tail := max(normSq-kept, 0) // beyond the computed rank
 	m := newMeasurer(svd, g, opt.Workers)
+	m.sym = sym
 	for k, b := range budgets {
-		r := min(SVDRank(rows, cols, g, b), len(sigma))
-		plan := opt.Schedule.Plan(alloc.Problem{Rows: rows, Cols: cols, GroupSize: g, Budget: b, Sigma: sigma[:r], Err: m.err})
+		r := min(svdRank(rows, cols, g, b), len(sigma))
+		plan := opt.Schedule.Plan(alloc.Problem{Rows: rows, Cols: cols, GroupSize: g, Layout: layout, Budget: b, Sigma: sigma[:r], Err: m.err})
 		dropped := tail
 		for i := r; i < len(sigma); i++ {
 			dropped += sigma[i] * sigma[i]

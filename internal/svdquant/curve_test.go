@@ -1,6 +1,7 @@
 package svdquant
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/deltacome/deltacome/internal/alloc"
 	"github.com/deltacome/deltacome/internal/linalg"
+	"github.com/deltacome/deltacome/pkg/archive"
 )
 
 func TestLadderBudgets(t *testing.T) {
@@ -35,41 +37,56 @@ func TestShareBudgets(t *testing.T) {
 }
 
 // TestCurvePredictsEncode checks that the error Curve predicts for each
-// budget is close to what Encode with that budget measures, and that both
-// fall with the budget.
+// budget is close to what Encode (asym) or EncodeSym (sym, no refit) with
+// that budget measures, and that both fall with the budget.
 func TestCurvePredictsEncode(t *testing.T) {
 	const rows, cols = 192, 320
 	rng := rand.New(rand.NewPCG(3, 5))
 	delta := testDelta(rng, rows, cols, 48)
 	auto, err := alloc.ParseSchedule("auto")
 	require.NoError(t, err)
-	opt := Options{Schedule: auto, GroupSize: 128, SVD: linalg.RouteExact}
 	budgets := []int64{Budget(rows, cols, 64), Budget(rows, cols, 32), Budget(rows, cols, 16), Budget(rows, cols, 8), Budget(rows, cols, 4)}
-	c, normSq, err := Curve(delta, rows, cols, budgets, opt)
-	require.NoError(t, err)
-	assert.InDelta(t, sumSq(delta), normSq, 1e-9*normSq)
-	for k, b := range budgets {
-		o := opt
-		o.Ratio, o.MaxBytes = 0, b
-		enc, err := Encode(delta, rows, cols, o)
-		require.NoError(t, err)
-		got := enc.Record.RelError * enc.Record.RelError * normSq
-		t.Logf("budget %d: predicted %.5f measured %.5f (x%.4f), bytes %d", b, math.Sqrt(c.SqErr[k]/normSq), enc.Record.RelError, got/c.SqErr[k], c.Bytes[k])
-		assert.LessOrEqual(t, c.Bytes[k], b)
-		assert.Equal(t, b, enc.Record.Budget)
-		// The prediction adds up the pairs' errors as if they were
-		// orthogonal; measured here within 0.06%, allowed 2%.
-		assert.InEpsilon(t, c.SqErr[k], got, 0.02)
-		if k > 0 {
-			assert.Less(t, c.SqErr[k], c.SqErr[k-1])
-		}
+	for _, sym := range []bool{false, true} {
+		t.Run(fmt.Sprintf("sym=%v", sym), func(t *testing.T) {
+			opt := Options{Schedule: auto, GroupSize: 128, SVD: linalg.RouteExact}
+			if sym {
+				opt.GroupSize = 0
+			}
+			c, normSq, err := Curve(delta, rows, cols, budgets, opt, sym)
+			require.NoError(t, err)
+			assert.InDelta(t, sumSq(delta), normSq, 1e-9*normSq)
+			for k, b := range budgets {
+				o := opt
+				o.Ratio, o.MaxBytes = 0, b
+				var rec archive.LowRank
+				if sym {
+					enc, err := EncodeSym(delta, rows, cols, o)
+					require.NoError(t, err)
+					rec = enc.Record.LowRank
+				} else {
+					enc, err := Encode(delta, rows, cols, o)
+					require.NoError(t, err)
+					rec = enc.Record
+				}
+				got := rec.RelError * rec.RelError * normSq
+				t.Logf("budget %d: predicted %.5f measured %.5f (x%.4f), bytes %d", b, math.Sqrt(c.SqErr[k]/normSq), rec.RelError, got/c.SqErr[k], c.Bytes[k])
+				assert.LessOrEqual(t, c.Bytes[k], b)
+				assert.Equal(t, b, rec.Budget)
+				// The prediction adds up the pairs' errors as if they were
+				// orthogonal; measured here within 0.06%, allowed 2%.
+				assert.InEpsilon(t, c.SqErr[k], got, 0.02)
+				if k > 0 {
+					assert.Less(t, c.SqErr[k], c.SqErr[k-1])
+				}
+			}
+		})
 	}
 }
 
 func TestCurveZeroDelta(t *testing.T) {
 	auto, err := alloc.ParseSchedule("auto")
 	require.NoError(t, err)
-	c, normSq, err := Curve(make([]float32, 64*32), 64, 32, LadderBudgets(64, 32), Options{Schedule: auto, GroupSize: 128})
+	c, normSq, err := Curve(make([]float32, 64*32), 64, 32, LadderBudgets(64, 32), Options{Schedule: auto, GroupSize: 128}, false)
 	require.NoError(t, err)
 	assert.Zero(t, normSq)
 	for k := range c.Bytes {

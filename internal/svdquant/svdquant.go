@@ -31,8 +31,12 @@ type Options struct {
 	MaxBytes int64
 	// Schedule allocates widths to singular vectors.
 	Schedule alloc.Schedule
-	// GroupSize is the quantization group length along a vector.
+	// GroupSize is the quantization group length along a vector (EncodeSym:
+	// 0 means one group per vector).
 	GroupSize int
+	// Refit is the number of alternating least-squares rounds EncodeSym
+	// runs after quantizing (0: none); Encode ignores it.
+	Refit int
 	// SVD selects the truncated SVD route (the zero value is auto: see
 	// linalg.Route).
 	SVD linalg.Route
@@ -140,47 +144,73 @@ func firstNonFinite(x []float32) int {
 // at each width, and round-to-nearest quantization of the unit vectors in
 // groups, singular values kept in float32.
 func Encode(delta []float32, rows, cols int, opt Options) (*Encoded, error) {
+	e := &Encoded{}
+	p, err := planPairs(delta, rows, cols, opt, false, &e.Record)
+	if err != nil || p == nil {
+		return e, err
+	}
+	e.Factors = p.m.encode(p.bits)
+	errSq, err := residualSq(delta, rows, cols, &e.Factors, &e.Record)
+	if err != nil {
+		panic(fmt.Sprintf("svdquant: decoding what was just encoded: %v", err))
+	}
+	e.Record.RelError = math.Sqrt(errSq / p.normSq)
+	return e, nil
+}
+
+// planned is a delta's truncated SVD and the widths of its kept pairs.
+type planned struct {
+	svd    *linalg.SVD
+	m      *measurer
+	bits   []int
+	normSq float64
+}
+
+// planPairs takes the truncated SVD of delta and allocates widths to its
+// pairs within Budget(rows, cols, opt.Ratio) bytes of the asymmetric layout
+// (alloc.Cost) or, when sym, the symmetric one (alloc.CostSym), filling in
+// every field of rec but RelError. It returns nil, with rec complete, when
+// the delta is zero or the budget holds no pair.
+func planPairs(delta []float32, rows, cols int, opt Options, sym bool, rec *archive.LowRank) (*planned, error) {
 	g := opt.GroupSize
 	budget := opt.budget(rows, cols)
 	normSq := sumSq(delta)
-	e := &Encoded{Record: archive.LowRank{GroupSize: g, Budget: budget, DeltaNorm: math.Sqrt(normSq)}}
+	*rec = archive.LowRank{GroupSize: g, Budget: budget, DeltaNorm: math.Sqrt(normSq)}
 	if normSq == 0 {
-		return e, nil
+		return nil, nil
 	}
-	rank := SVDRank(rows, cols, g, budget)
+	svdRank, layout := SVDRank, alloc.LayoutAsym
+	if sym {
+		svdRank, layout = SVDRankSym, alloc.LayoutSym
+	}
+	rank := svdRank(rows, cols, g, budget)
 	if rank == 0 {
-		e.Record.RelError = 1
-		return e, nil
+		rec.RelError = 1
+		return nil, nil
 	}
 	svd, err := linalg.Truncated(delta, rows, cols, rank, opt.SVD)
 	if err != nil {
 		return nil, fmt.Errorf("svd: %w", err)
 	}
-	e.Record.SVDFallback = svd.Fallback
+	rec.SVDFallback = svd.Fallback
 	sigma := make([]float64, svd.Rank)
 	for i := range sigma {
 		sigma[i] = float64(svd.S[i])
 	}
 	m := newMeasurer(svd, g, opt.Workers)
-	plan := opt.Schedule.Plan(alloc.Problem{Rows: rows, Cols: cols, GroupSize: g, Budget: budget, Sigma: sigma, Err: m.err})
+	m.sym = sym
+	plan := opt.Schedule.Plan(alloc.Problem{Rows: rows, Cols: cols, GroupSize: g, Layout: layout, Budget: budget, Sigma: sigma, Err: m.err})
 	if plan.Bytes > budget {
 		panic(fmt.Sprintf("svdquant: plan of %d bytes over budget %d", plan.Bytes, budget))
 	}
-	e.Factors = m.encode(plan.Bits)
-	e.Record.Rank = len(plan.Bits)
-	e.Record.Bands = bands(plan.Bits)
+	rec.Rank = len(plan.Bits)
+	rec.Bands = bands(plan.Bits)
 	var kept float64
 	for i := range plan.Bits {
 		kept += sigma[i] * sigma[i]
 	}
-	e.Record.EnergyKept = kept / normSq
-
-	errSq, err := residualSq(delta, rows, cols, &e.Factors, &e.Record)
-	if err != nil {
-		panic(fmt.Sprintf("svdquant: decoding what was just encoded: %v", err))
-	}
-	e.Record.RelError = math.Sqrt(errSq / normSq)
-	return e, nil
+	rec.EnergyKept = kept / normSq
+	return &planned{svd: svd, m: m, bits: plan.Bits, normSq: normSq}, nil
 }
 
 // SVDRank is the number of singular triplets Encode computes for a rows x
@@ -193,12 +223,16 @@ func Encode(delta []float32, rows, cols int, opt Options) (*Encoded, error) {
 // plans use matters at scale, where the SVD's cost grows with the rank: the
 // budget holds twice as many 1-bit vectors.
 func SVDRank(rows, cols, g int, budget int64) int {
-	limit := min(rows, cols)
-	// Cost is linear in the number of pairs at a fixed width: bisect on it.
-	lo, hi := 0, limit // Cost(lo pairs) <= budget; find the largest such lo
+	return maxPairs(min(rows, cols), func(n int) int64 { return alloc.Cost(rows, cols, g, twoBits(n)) }, budget)
+}
+
+// maxPairs returns the largest n <= limit with cost(n) <= budget, cost
+// being non-decreasing in n (linear at a fixed width): by bisection.
+func maxPairs(limit int, cost func(n int) int64, budget int64) int {
+	lo, hi := 0, limit // cost(lo) <= budget; find the largest such lo
 	for lo < hi {
 		mid := (lo + hi + 1) / 2
-		if alloc.Cost(rows, cols, g, twoBits(mid)) <= budget {
+		if cost(mid) <= budget {
 			lo = mid
 		} else {
 			hi = mid - 1
@@ -255,7 +289,10 @@ type measurer struct {
 	svd     *linalg.SVD
 	opt     quant.Options
 	workers int
-	rel     [quant.MaxBits + 1][]float64 // rel[b][i] = Err(i, b) / s_i²
+	// sym measures the symmetric grids of kind lowrank-sym (group size
+	// opt.GroupSize, 0 meaning the whole vector) instead of Quantize's.
+	sym bool
+	rel [quant.MaxBits + 1][]float64 // rel[b][i] = Err(i, b) / s_i²
 }
 
 func newMeasurer(svd *linalg.SVD, g, workers int) *measurer {
@@ -308,7 +345,7 @@ func (m *measurer) measureWidth(bits int) []float64 {
 	got := make([]float64, len(idx))
 	m.parallel(len(idx), func(w *roundTripper, j int) {
 		u, v := m.vectors(idx[j])
-		uq, vq := w.roundTrip(u, bits, m.opt, 0), w.roundTrip(v, bits, m.opt, 1)
+		uq, vq := m.roundTrip(w, u, bits, 0), m.roundTrip(w, v, bits, 1)
 		e := 1 - 2*dot(u, uq)*dot(v, vq) + dot(uq, uq)*dot(vq, vq)
 		got[j] = max(e, 0) // rounding can dip a hair below 0 for near-exact 8-bit codes
 	})
@@ -340,6 +377,26 @@ type roundTripper struct {
 	codes        [2][]uint8
 	scales, mins [2][]uint16
 	out          [2][]float32
+}
+
+// roundTrip quantizes x at bits on m's grid and returns the dequantized
+// vector, in the slot's buffer of w (valid until the slot is used again).
+func (m *measurer) roundTrip(w *roundTripper, x []float32, bits, slot int) []float32 {
+	if m.sym {
+		return w.roundTripSym(x, bits, m.opt.GroupSize, slot)
+	}
+	return w.roundTrip(x, bits, m.opt, slot)
+}
+
+// roundTripSym is roundTrip on the symmetric grid with groups of g (0: the
+// whole vector).
+func (w *roundTripper) roundTripSym(x []float32, bits, g, slot int) []float32 {
+	codes := grow(&w.codes[slot], len(x))
+	scales := grow(&w.scales[slot], quant.SymGroups(len(x), g))
+	quant.QuantizeSym(x, bits, g, codes, scales)
+	out := grow(&w.out[slot], len(x))
+	quant.DequantizeSym(out, codes, scales, bits, g)
+	return out
 }
 
 // roundTrip quantizes x at bits and returns the dequantized vector, in the
@@ -420,12 +477,18 @@ func residualSq(delta []float32, rows, cols int, f *Factors, rec *archive.LowRan
 	if err != nil {
 		return 0, err
 	}
+	return decodedResidualSq(delta, rows, cols, rec.Rank, ust, vt), nil
+}
+
+// decodedResidualSq is residualSq for decoded factors: ust (rank x rows,
+// the left vectors times their singular values) and vt (rank x cols).
+func decodedResidualSq(delta []float32, rows, cols, rank int, ust, vt []float32) float64 {
 	hat := make([]float32, min(blockRows, rows)*cols)
 	var sum float64
 	for r0 := 0; r0 < rows; r0 += blockRows {
 		r1 := min(r0+blockRows, rows)
 		h := hat[:(r1-r0)*cols]
-		linalg.MulT(h, ust[r0:], rows, vt, r1-r0, rec.Rank, cols, false)
+		linalg.MulT(h, ust[r0:], rows, vt, r1-r0, rank, cols, false)
 		d := delta[r0*cols : r1*cols]
 		parts := make([]float64, (len(h)+sumChunk-1)/sumChunk)
 		par.Each(len(parts), func(c int) {
@@ -440,7 +503,7 @@ func residualSq(delta []float32, rows, cols int, f *Factors, rec *archive.LowRan
 			sum += p
 		}
 	}
-	return sum, nil
+	return sum
 }
 
 // sumChunk is the number of squares residualSq sums on one goroutine.
@@ -485,18 +548,9 @@ func (f *Factors) decode(rows, cols int, rec *archive.LowRank) (ust, vt []float3
 	}
 	// Vector j's codes start after those of the vectors before it, and its
 	// qparams at a fixed stride: the vectors decode independently.
-	bitsOf := make([]int, 0, r)
-	for _, band := range rec.Bands {
-		for range band.Count {
-			bitsOf = append(bitsOf, band.Bits)
-		}
-	}
-	if len(bitsOf) != r {
-		return nil, nil, fmt.Errorf("%w: bands hold %d vectors, rank is %d", archive.ErrFormat, len(bitsOf), r)
-	}
-	starts := make([]int, r+1) // starts[j]: the sum of the widths before j; starts[r]: all of them
-	for j, b := range bitsOf {
-		starts[j+1] = starts[j] + b
+	bitsOf, starts, err := widths(rec.Bands, r)
+	if err != nil {
+		return nil, nil, err
 	}
 	totalBits := starts[r]
 	nqu, nqv := quant.NumGroups(rows, g)*r*4, quant.NumGroups(cols, g)*r*4
@@ -582,6 +636,12 @@ func Apply(dst []byte, dt safetensors.DType, base []byte, baseDT safetensors.DTy
 	if err != nil {
 		return err
 	}
+	return applyDecoded(dst, dt, base, baseDT, rows, cols, rec.Rank, ust, vt)
+}
+
+// applyDecoded is Apply for decoded factors: ust (rank x rows, the left
+// vectors times their singular values) and vt (rank x cols).
+func applyDecoded(dst []byte, dt safetensors.DType, base []byte, baseDT safetensors.DType, rows, cols, rank int, ust, vt []float32) error {
 	if err := dtype.CheckLen(rows*cols, len(base), baseDT); err != nil {
 		return fmt.Errorf("base: %w", err)
 	}
@@ -592,8 +652,8 @@ func Apply(dst []byte, dt safetensors.DType, base []byte, baseDT safetensors.DTy
 	applyBlocks(rows, cols, func(r0, r1 int, w []float32) {
 		_ = dtype.Decode(w, base[r0*cols*inSize:r1*cols*inSize], baseDT) // dtypes and lengths checked above
 		// At rank 0 the result is the base itself, -0 included.
-		if rec.Rank > 0 {
-			linalg.MulT(w, ust[r0:], rows, vt, r1-r0, rec.Rank, cols, true)
+		if rank > 0 {
+			linalg.MulT(w, ust[r0:], rows, vt, r1-r0, rank, cols, true)
 		}
 		_ = dtype.Encode(dst[r0*cols*outSize:r1*cols*outSize], w, dt)
 	})

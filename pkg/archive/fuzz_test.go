@@ -135,7 +135,9 @@ func FuzzParse(f *testing.F) {
 	}
 	files, err := filepath.Glob(filepath.Join("..", "..", "testdata", "stfile", "*.safetensors"))
 	require.NoError(f, err)
-	for _, p := range files {
+	vectors, err := filepath.Glob(filepath.Join("..", "..", "testdata", "vectors", "*.dcm")) // every storage kind
+	require.NoError(f, err)
+	for _, p := range append(files, vectors...) {
 		b, err := os.ReadFile(p)
 		require.NoError(f, err)
 		f.Add(b)

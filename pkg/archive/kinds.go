@@ -41,10 +41,13 @@ var kinds = []kind{
 	{name: KindLowRankBF16, roles: []string{RoleU, RoleV}, lossy: true,
 		record: "lowrank_bf16", hasRecord: func(t *Tensor) bool { return t.LowRankBF16 != nil },
 		base: matrixOverBase, blobs: lowRankBF16Blobs},
+	{name: KindLowRankSym, roles: []string{RoleUCodes, RoleUScales, RoleVCodes, RoleVScales}, lossy: true,
+		record: "lowrank_sym", hasRecord: func(t *Tensor) bool { return t.LowRankSym != nil },
+		base: matrixOverBase, blobs: lowRankSymBlobs},
 }
 
 // methodKinds maps each method of mode "deltacome" to the kind it stores
-// projections as.
+// projections as (method "deltacome" with grid GridAsym; see MethodKind).
 var methodKinds = map[string]string{
 	"":          KindLowRank,
 	"deltacome": KindLowRank,
@@ -53,11 +56,21 @@ var methodKinds = map[string]string{
 }
 
 // MethodKind returns the lossy storage kind that method (Settings.Method
-// of mode "deltacome", "" meaning "deltacome") stores projections as, and
-// false for an unknown method.
-func MethodKind(method string) (string, bool) {
+// of mode "deltacome", "" meaning "deltacome") stores projections as with
+// grid (Settings.Grid: GridSym, GridAsym or "" meaning GridAsym), and false
+// for an unknown method, or a grid given with a method other than
+// "deltacome" or unknown.
+func MethodKind(method, grid string) (string, bool) {
 	k, ok := methodKinds[method]
-	return k, ok
+	switch {
+	case !ok:
+		return "", false
+	case grid == "" || (grid == GridAsym && k == KindLowRank):
+		return k, true
+	case grid == GridSym && k == KindLowRank:
+		return KindLowRankSym, true
+	}
+	return "", false
 }
 
 // lookupKind returns the entry of storage kind name, and false for an
@@ -91,7 +104,8 @@ func KindRoles(k string) []string {
 }
 
 // KindLossy reports whether storage kind k is lossy (written only by the
-// method that makes it: KindLowRank, KindBitDelta, KindLowRankBF16).
+// method that makes it: KindLowRank, KindBitDelta, KindLowRankBF16,
+// KindLowRankSym).
 func KindLossy(k string) bool {
 	e, _ := lookupKind(k)
 	return e.lossy

@@ -30,6 +30,57 @@ func lossySample(t *testing.T) (bitDelta, lowRankBF16 string) {
 	return bd.commit(), lr.commit()
 }
 
+// symSample writes an archive holding one lowrank-sym tensor (4x6, rank 1
+// at 2 bits, one scale per vector) with blobs of the right sizes.
+func symSample(t *testing.T) string {
+	t.Helper()
+	b := newBuilder(t, "deltacome", "deltacome")
+	b.m.Settings.Grid = GridSym
+	b.tensor(Tensor{Name: "c", DType: "BF16", Shape: []uint64{4, 6}, Kind: KindLowRankSym,
+		LowRankSym: &LowRankSym{LowRank: LowRank{Rank: 1, Bands: []Band{{Bits: 2, Count: 1}}, RelError: 0.5, DeltaNorm: 1,
+			EnergyKept: 0.5, Budget: 8}, Refit: 1, RefitRound: 1},
+		Blobs: []Blob{
+			b.blob(RoleUCodes, "c/u.codes", []byte{0x1b}, CodecRaw, 0, safetensors.U8, []uint64{1}),
+			b.blob(RoleUScales, "c/u.scales", []byte{0x80, 0x3f}, CodecRaw, 0, safetensors.BF16, []uint64{1}),
+			b.blob(RoleVCodes, "c/v.codes", []byte{0x1b, 0x0e}, CodecRaw, 0, safetensors.U8, []uint64{2}),
+			b.blob(RoleVScales, "c/v.scales", []byte{0x00, 0x3f}, CodecRaw, 0, safetensors.BF16, []uint64{1}),
+		}}, "BF16")
+	return b.commit()
+}
+
+func TestLowRankSymRejects(t *testing.T) {
+	sym := symSample(t)
+	r, err := Open(sym)
+	require.NoError(t, err)
+	assert.Equal(t, GridSym, r.Manifest.Settings.Grid)
+	rel, _, ok := r.Manifest.Tensors[0].DeltaError()
+	assert.True(t, ok)
+	assert.Equal(t, 0.5, rel)
+	require.NoError(t, r.Close())
+	first := func(m map[string]any) map[string]any { return m["tensors"].([]any)[0].(map[string]any) }
+	rec := func(m map[string]any) map[string]any { return first(m)["lowrank_sym"].(map[string]any) }
+	for name, edit := range map[string]func(m map[string]any){
+		"without record":         func(m map[string]any) { delete(first(m), "lowrank_sym") },
+		"without v.scales":       func(m map[string]any) { first(m)["blobs"] = first(m)["blobs"].([]any)[:3] },
+		"negative group size":    func(m map[string]any) { rec(m)["group_size"] = -1 },
+		"groups not stored":      func(m map[string]any) { rec(m)["group_size"] = 2 },
+		"refit round past refit": func(m map[string]any) { rec(m)["refit_round"] = 2 },
+		"rank vs bands":          func(m map[string]any) { rec(m)["rank"] = 2 },
+		"over budget":            func(m map[string]any) { rec(m)["budget"] = 5 },
+		"asym grid":              func(m map[string]any) { m["settings"].(map[string]any)["grid"] = GridAsym },
+		"no grid":                func(m map[string]any) { delete(m["settings"].(map[string]any), "grid") },
+		"grid of bitdelta": func(m map[string]any) {
+			m["settings"].(map[string]any)["method"] = "bitdelta"
+		},
+		"unknown grid": func(m map[string]any) { m["settings"].(map[string]any)["grid"] = "nf4" },
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := Open(rewrite(t, sym, edit))
+			require.ErrorIs(t, err, ErrFormat)
+		})
+	}
+}
+
 func TestLossyKindsRead(t *testing.T) {
 	bd, lr := lossySample(t)
 	cases := []struct {
@@ -91,7 +142,7 @@ func TestLossyKindsRejects(t *testing.T) {
 // hold every kind), so that the table is the one list of roles.
 func TestKindTable(t *testing.T) {
 	seen := map[string]bool{}
-	for _, name := range []string{"deltacome.dcm", "bitdelta.dcm", "lowrank.dcm"} {
+	for _, name := range []string{"deltacome.dcm", "bitdelta.dcm", "lowrank.dcm", "deltacome-sym.dcm"} {
 		r, err := Open(filepath.Join("..", "..", "testdata", "vectors", name))
 		require.NoError(t, err)
 		for i := range r.Manifest.Tensors {
@@ -105,7 +156,7 @@ func TestKindTable(t *testing.T) {
 				roles = append(roles, s.role)
 			}
 			assert.Equal(t, KindRoles(tn.Kind), roles, "%s: %s", name, tn.Name)
-			assert.Equal(t, KindLossy(tn.Kind), tn.LowRank != nil || tn.BitDelta != nil || tn.LowRankBF16 != nil, tn.Name)
+			assert.Equal(t, KindLossy(tn.Kind), tn.LowRank != nil || tn.BitDelta != nil || tn.LowRankBF16 != nil || tn.LowRankSym != nil, tn.Name)
 			seen[tn.Kind] = true
 		}
 		require.NoError(t, r.Close())

@@ -69,6 +69,22 @@ const (
 	// bfloat16 (blobs "u", rows x r, and "v", r x cols), what LoRA
 	// extraction tools keep; lossy, described by LowRankBF16.
 	KindLowRankBF16 = "lowrank-bf16"
+	// KindLowRankSym: the delta is stored as singular vectors quantized on
+	// symmetric grids, one bf16 scale per group and no minimum, sigma
+	// folded into the scales of u (blobs "u.codes", "u.scales", "v.codes",
+	// "v.scales"); lossy, described by LowRankSym.
+	KindLowRankSym = "lowrank-sym"
+)
+
+// Grids of method "deltacome" (Settings.Grid).
+const (
+	// GridSym quantizes singular vectors on symmetric grids (kind
+	// KindLowRankSym): what compress writes by default.
+	GridSym = "sym"
+	// GridAsym quantizes them on asymmetric grids with a minimum per
+	// group (kind KindLowRank), the first format's; absent Settings.Grid
+	// means it.
+	GridAsym = "asym"
 )
 
 // Blob roles (Blob.Role).
@@ -85,6 +101,8 @@ const (
 	RoleScale    = "scale"
 	RoleU        = "u"
 	RoleV        = "v"
+	RoleUScales  = "u.scales"
+	RoleVScales  = "v.scales"
 )
 
 // Codecs (Blob.Codec).
@@ -139,8 +157,14 @@ type Settings struct {
 	// Method is how the projections are stored in "deltacome" mode:
 	// "deltacome" (quantized singular vectors), "bitdelta" (signs and one
 	// scale) or "lowrank" (bf16 singular factors). Absent means "deltacome".
-	Method string  `json:"method,omitempty"`
-	Ratio  float64 `json:"ratio,omitempty"`
+	Method string `json:"method,omitempty"`
+	// Grid is the quantization grid of method "deltacome": GridSym or
+	// GridAsym; absent means GridAsym (archives written before it existed).
+	Grid string `json:"grid,omitempty"`
+	// Refit is the number of alternating least-squares rounds asked for
+	// (grid "sym"); informative.
+	Refit int     `json:"refit,omitempty"`
+	Ratio float64 `json:"ratio,omitempty"`
 	// MaxError is the aggregate relative error target the projections'
 	// budgets were chosen for (compress --max-error), in place of Ratio;
 	// absent when a ratio was given.
@@ -214,7 +238,7 @@ type Tensor struct {
 	// Shard indexes Layout.Shards.
 	Shard int `json:"shard"`
 	// Kind is one of KindSame, KindXOR, KindFull, KindLowRank, KindBitDelta,
-	// KindLowRankBF16.
+	// KindLowRankBF16, KindLowRankSym.
 	Kind string `json:"kind"`
 	// SHA256 is the hex SHA-256 of the fine-tune tensor's bytes; for the
 	// bit-exact kinds it is verified on reconstruction.
@@ -228,6 +252,8 @@ type Tensor struct {
 	BitDelta *BitDelta `json:"bitdelta,omitempty"`
 	// LowRankBF16 is set for KindLowRankBF16 only.
 	LowRankBF16 *LowRankBF16 `json:"lowrank_bf16,omitempty"`
+	// LowRankSym is set for KindLowRankSym only.
+	LowRankSym *LowRankSym `json:"lowrank_sym,omitempty"`
 }
 
 // Blob is one stored safetensors tensor of the archive.
@@ -265,6 +291,18 @@ type LowRank struct {
 	Budget int64 `json:"budget"`
 	// SVDFallback, informative, says why the SVD route asked for was not the one used.
 	SVDFallback string `json:"svd_fallback,omitempty"`
+}
+
+// LowRankSym describes a tensor stored as singular vectors quantized on
+// symmetric grids (docs/FORMAT.md section 2.10): W = W_base + U_q V_q^T,
+// U_q (rows x rank) carrying the singular values in its scales. Its fields
+// are those of LowRank, but GroupSize 0 means one group per vector; Refit
+// says how many alternating least-squares rounds were run and RefitRound
+// which one was kept (0: the SVD's vectors).
+type LowRankSym struct {
+	LowRank
+	Refit      int `json:"refit,omitempty"`
+	RefitRound int `json:"refit_round,omitempty"`
 }
 
 // BitDelta describes a tensor stored as W = W_base + scale * sign(Delta),
@@ -318,6 +356,8 @@ func (t *Tensor) DeltaError() (relError, deltaNorm float64, ok bool) {
 		return t.BitDelta.RelError, t.BitDelta.DeltaNorm, true
 	case t.LowRankBF16 != nil:
 		return t.LowRankBF16.RelError, t.LowRankBF16.DeltaNorm, true
+	case t.LowRankSym != nil:
+		return t.LowRankSym.RelError, t.LowRankSym.DeltaNorm, true
 	}
 	return 0, 0, false
 }

@@ -141,10 +141,9 @@ func isIdentity(s string) bool {
 func (s Settings) lossyKind() (string, bool) {
 	switch s.Mode {
 	case "lossless":
-		return "", s.Method == ""
+		return "", s.Method == "" && s.Grid == ""
 	case "deltacome":
-		k, ok := methodKinds[s.Method]
-		return k, ok
+		return MethodKind(s.Method, s.Grid)
 	}
 	return "", false
 }
@@ -344,19 +343,11 @@ func exactBlob(role string) func(string, *Tensor) ([]blobSpec, error) {
 // budget) and returns the five blobs it implies.
 func lowRankBlobs(what string, t *Tensor) ([]blobSpec, error) {
 	lr := t.LowRank
-	rows, cols := int64(t.Shape[0]), int64(t.Shape[1])
-	r := int64(lr.Rank)
-	if r < 0 || r > min(rows, cols) {
-		return nil, refuse(what, "lowrank.rank", "%d out of range [0, %d]", r, min(rows, cols))
-	}
 	if lr.GroupSize < 1 {
 		return nil, refuse(what, "lowrank.group_size", "%d, want at least 1", lr.GroupSize)
 	}
-	sumBits, err := checkBands(what, lr.Bands, r)
+	rows, cols, r, sumBits, err := checkQuantized(what, "lowrank", t, lr)
 	if err != nil {
-		return nil, err
-	}
-	if err := checkMetrics(what, "lowrank", lr.RelError, lr.DeltaNorm, lr.EnergyKept, lr.Budget); err != nil {
 		return nil, err
 	}
 	g := int64(lr.GroupSize)
@@ -371,6 +362,53 @@ func lowRankBlobs(what string, t *Tensor) ([]blobSpec, error) {
 		{role: RoleVQParams, dtype: safetensors.BF16, shape: []uint64{uint64(groupsV), 2}},
 	}
 	return rawSpecs(what, "lowrank.budget", lr.Budget, specs)
+}
+
+// checkQuantized checks the fields a record of quantized singular vectors
+// (JSON name record) shares with lowrank: rank, bands and measurements. It
+// returns the tensor's rows and cols, the rank and the sum of the widths.
+func checkQuantized(what, record string, t *Tensor, lr *LowRank) (rows, cols, r, sumBits int64, err error) {
+	rows, cols = int64(t.Shape[0]), int64(t.Shape[1])
+	r = int64(lr.Rank)
+	if r < 0 || r > min(rows, cols) {
+		return 0, 0, 0, 0, refuse(what, record+".rank", "%d out of range [0, %d]", r, min(rows, cols))
+	}
+	if sumBits, err = checkBands(what, lr.Bands, r); err != nil {
+		return 0, 0, 0, 0, err
+	}
+	if err := checkMetrics(what, record, lr.RelError, lr.DeltaNorm, lr.EnergyKept, lr.Budget); err != nil {
+		return 0, 0, 0, 0, err
+	}
+	return rows, cols, r, sumBits, nil
+}
+
+// lowRankSymBlobs checks a symmetric-grid record (rank, bands, group size,
+// refit, budget) and returns the four blobs it implies.
+func lowRankSymBlobs(what string, t *Tensor) ([]blobSpec, error) {
+	lr := t.LowRankSym
+	if lr.GroupSize < 0 {
+		return nil, refuse(what, "lowrank_sym.group_size", "%d is negative", lr.GroupSize)
+	}
+	if lr.Refit < 0 || lr.RefitRound < 0 || lr.RefitRound > lr.Refit {
+		return nil, refuse(what, "lowrank_sym.refit_round", "round %d of %d refit rounds", lr.RefitRound, lr.Refit)
+	}
+	rows, cols, r, sumBits, err := checkQuantized(what, "lowrank_sym", t, &lr.LowRank)
+	if err != nil {
+		return nil, err
+	}
+	groups := func(n int64) int64 {
+		if lr.GroupSize == 0 {
+			return 1
+		}
+		return ceilDiv(n, int64(lr.GroupSize))
+	}
+	specs := []blobSpec{
+		{role: RoleUCodes, dtype: safetensors.U8, shape: []uint64{uint64(ceilDiv(rows*sumBits, 8))}},
+		{role: RoleUScales, dtype: safetensors.BF16, shape: []uint64{uint64(groups(rows) * r)}},
+		{role: RoleVCodes, dtype: safetensors.U8, shape: []uint64{uint64(ceilDiv(cols*sumBits, 8))}},
+		{role: RoleVScales, dtype: safetensors.BF16, shape: []uint64{uint64(groups(cols) * r)}},
+	}
+	return rawSpecs(what, "lowrank_sym.budget", lr.Budget, specs)
 }
 
 // checkBands checks Delta-CoMe bands against rank r and returns the sum of

@@ -79,7 +79,7 @@ func TestMatchesReconstruct(t *testing.T) {
 				kinds[rec.Kind] = true
 			}
 			if c.opt.Mode == engine.ModeDeltaCoMe {
-				k, _ := archive.MethodKind(c.opt.Method)
+				k, _ := archive.MethodKind(c.opt.Method, r.Manifest().Settings.Grid)
 				assert.True(t, kinds[k], "the archive holds kind %s", k)
 			}
 		})
