@@ -29,6 +29,8 @@ type compressOptions struct {
 	svd      string
 	force    bool
 	shard    string
+	// maxMemory is --max-memory as given ("" for the default).
+	maxMemory string
 	// changed reports whether a flag was given on the command line; nil
 	// means none was (tests that build options directly).
 	changed func(name string) bool
@@ -45,6 +47,7 @@ func (o *compressOptions) addFlags(cmd *cobra.Command) {
 	f.BoolVar(&o.json, "json", false, "print a JSON summary on stdout instead of text (and no progress)")
 	f.BoolVarP(&o.dryRun, "dry-run", "n", false, "read the checkpoints' headers only, print the plan and the predicted archive size, write nothing (OUT may be omitted)")
 	f.BoolVarP(&o.force, "force", "f", false, "replace OUT if it exists (an input is never replaced)")
+	f.StringVar(&o.maxMemory, "max-memory", "", "memory to work within, such as 2GiB (default: 2 GiB up to 6 CPUs, 341 MiB more per CPU beyond): sizes the tensors encoded at once and the runtime's memory limit; a smaller cap is slower, never an error, and the archive is the same; --dry-run prints the expected peak")
 	f.StringVar(&o.shard, "shard", "", "write part i of n (i/n, counting from 1) of the archive to OUT: a cost-balanced share of the work; 'deltacome merge' joins the n parts (see Parts)")
 }
 
@@ -92,6 +95,11 @@ func (o *compressOptions) validate() (*engine.CompressOptions, error) {
 	}
 	eo.Overwrite = o.force
 	var err error
+	if o.maxMemory != "" {
+		if eo.MaxMemory, err = parseSize(o.maxMemory); err != nil {
+			return nil, usageError{fmt.Errorf("--max-memory: %w", err)}
+		}
+	}
 	if eo.Schedule, eo.Select, err = o.encodingFlags.parse(); err != nil {
 		return nil, err
 	}

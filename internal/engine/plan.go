@@ -76,6 +76,9 @@ type CompressPlan struct {
 	// Parts is each part's share of the work when the plan is for
 	// CompressOptions.Shard: the same for every part of one set.
 	Parts []PartShare
+	// Memory is how Compress would size its pool, and the peak memory it
+	// expects, for this part's tensors when sharded.
+	Memory MemoryPlan
 }
 
 // PlanTotals sums planned tensors of one kind.
@@ -205,6 +208,7 @@ func Plan(basePath, ftPath string, opt CompressOptions) (*CompressPlan, error) {
 	if err != nil {
 		return nil, errorf(ErrInput, "fine-tune: %w", err)
 	}
+	names := ft.Names()
 	if opt.Shard.sharded() {
 		a, err := assign(base, ft, side, &opt, opt.Shard.Count)
 		if err != nil {
@@ -214,7 +218,9 @@ func Plan(basePath, ftPath string, opt CompressOptions) (*CompressPlan, error) {
 		for i := range p.Tensors {
 			p.Tensors[i].Part = a.ft[p.Tensors[i].Name]
 		}
+		names = a.names(ft, opt.Shard.Index)
 	}
+	p.Memory = planMemory(base, ft, names, &opt)
 	p.Skipped = skipped
 	p.Warnings = append(p.Warnings, skippedWarnings(skipped)...)
 	for _, f := range side {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/deltacome/deltacome/internal/alloc"
 	"github.com/deltacome/deltacome/internal/bitdelta"
+	"github.com/deltacome/deltacome/internal/linalg"
 	"github.com/deltacome/deltacome/internal/lowrankbf16"
 	"github.com/deltacome/deltacome/internal/svdquant"
 	"github.com/deltacome/deltacome/pkg/archive"
@@ -70,6 +71,9 @@ type Input struct {
 	// Delta is W_ft - W_base, row-major Rows x Cols, finite.
 	Delta      []float32
 	Rows, Cols int
+	// Source, when not nil, is the delta instead of Delta, read a block of
+	// rows at a time (KindLowRank only, see svdquant.EncodeMatrix).
+	Source linalg.Matrix
 	// Options are the lossy kinds' settings; Ratio applies to every one
 	// but KindBitDelta, the rest to KindLowRank only.
 	Options svdquant.Options
@@ -195,7 +199,11 @@ var kinds = []Kind{
 		Name: archive.KindLowRank,
 		Base: true,
 		Encode: func(rec *archive.Tensor, in *Input) ([]Blob, error) {
-			enc, err := svdquant.Encode(in.Delta, in.Rows, in.Cols, in.Options)
+			var src linalg.Matrix = in.Source
+			if src == nil {
+				src = &linalg.Dense{Data: in.Delta, Rows: in.Rows, Cols: in.Cols}
+			}
+			enc, err := svdquant.EncodeMatrix(src, in.Options)
 			if err != nil {
 				return nil, err
 			}
