@@ -202,7 +202,16 @@ prints only a JSON summary on stdout.
 --dry-run reads the checkpoints' headers only and prints the plan: which
 tensors would be stored lossily, each one's exact byte budget, and bounds
 for the rest, whose size depends on bytes the plan does not read (a tensor
-equal to its base costs nothing, a changed one what zstd makes of it).
+equal to its base costs nothing, a changed one what zstd makes of it),
+and the peak memory it expects.
+
+Memory: a projection of more than 64Mi weights (a 70B or 405B MLP matrix)
+is never held whole in float32: its delta is read from the mapped
+checkpoints a panel of rows at a time, and the pages read are released.
+--max-memory (default 2 GiB up to 6 CPUs, 341 MiB more per CPU beyond)
+sets how many tensors are encoded at once and the runtime's memory limit;
+below what one tensor needs, compress runs slower, never fails for it, and
+the archive is the same.
 
 Parts: --shard i/n writes part i of n to OUT instead of the archive: a
 share of the tensors chosen from the checkpoints' headers and the flags
@@ -217,6 +226,7 @@ GitHub Actions and xargs.` + exitCodesHelp,
   deltacome compress --ratio 32 --schedule paper meta-llama/Llama-2-7b ./my-ft my-ft.dcm
   deltacome compress --lossless ./base ./ft ft-exact.dcm
   deltacome compress --dry-run --ratio 32 ./base ./ft
+  deltacome compress --max-memory 3GiB ./llama-70b ./ft-70b ft-70b.dcm
   deltacome compress --shard 2/8 ./base ./ft ft.part2.dcm`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if o.dryRun && len(args) == 2 {

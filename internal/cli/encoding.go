@@ -24,7 +24,7 @@ func (o *encodingFlags) addFlags(f *pflag.FlagSet) {
 	f.IntVar(&o.groupSize, "group-size", 128, "quantization group length along each singular vector")
 	f.StringArrayVar(&o.include, "include", nil, "regexp of tensor names to compress lossily (repeatable; replaces the default rule: every weight matrix of the transformer blocks)")
 	f.StringArrayVar(&o.exclude, "exclude", nil, "regexp of tensor names to store losslessly instead (repeatable)")
-	f.IntVar(&o.workers, "workers", 0, "tensors processed at once (0: one per CPU, fewer when the largest projection would not fit the memory planned for: 1.125 GiB up to 6 CPUs, 192 MiB per CPU beyond); the archive is identical whatever the value")
+	f.IntVar(&o.workers, "workers", 0, "tensors processed at once (0: one per CPU, fewer when the largest working sets would not fit 9/16 of the memory cap, 2 GiB up to 6 CPUs; compress: --max-memory); the archive is identical whatever the value")
 }
 
 // parse validates the flags and returns the schedule and tensor selector.
