@@ -146,3 +146,20 @@ func TestStreamedZero(t *testing.T) {
 	require.NoError(t, err)
 	assert.Zero(t, d.Rank)
 }
+
+func TestPermute(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for _, n := range []int{1, 2, 5, 17} {
+		idx := rng.Perm(n)
+		x := make([]float32, 3*n)
+		for i := range x {
+			x[i] = float32(i)
+		}
+		want := make([]float32, 3*n)
+		for j, src := range idx {
+			copy(want[3*j:3*j+3], x[3*src:3*src+3])
+		}
+		permute(x, 3, idx)
+		assert.Equal(t, want, x, "%v", idx)
+	}
+}
