@@ -50,10 +50,12 @@ test: vet
 test-short:
 	$(GO) test $(TAGS) -short ./...
 
-# RUNS runs of each step, medians reported; SVD=exact|randomized|auto.
+# RUNS runs of each step, medians reported; SVD=exact|randomized|auto;
+# SHAPE=7B, 70B or "7B 70B" (both, and the time per parameter compared).
 RUNS ?= 3
+SHAPE ?= 7B
 bench: build
-	scripts/bench.sh $(BIN) $(RUNS)
+	SHAPE="$(SHAPE)" scripts/bench.sh $(BIN) $(RUNS)
 
 # Each fuzz target runs for FUZZTIME. Minimization of each new interesting
 # input is bounded by a count of runs: the default (60 s per input) would

@@ -275,6 +275,14 @@ func (c *Checkpoint) Release(name string) {
 	}
 }
 
+// ReleaseRange drops the pages of bytes [off, off+n) of the named tensor
+// (see stfile.File.ReleaseRange); its bytes stay readable.
+func (c *Checkpoint) ReleaseRange(name string, off, n int64) {
+	if t, ok := c.tensors[name]; ok {
+		c.shards[t.Shard].ReleaseRange(name, off, n)
+	}
+}
+
 // formatErr is an error that reads as its own text and matches ErrFormat,
 // whose text ("malformed safetensors file") would mislead for an index.
 type formatErr struct{ msg string }

@@ -31,6 +31,8 @@ type compressOptions struct {
 	svd      string
 	force    bool
 	shard    string
+	// maxMemory is --max-memory as given ("" for the default).
+	maxMemory string
 	// changed reports whether a flag was given on the command line; nil
 	// means none was (tests that build options directly).
 	changed func(name string) bool
@@ -49,6 +51,7 @@ func (o *compressOptions) addFlags(cmd *cobra.Command) {
 	f.BoolVar(&o.json, "json", false, "print a JSON summary on stdout instead of text (and no progress)")
 	f.BoolVarP(&o.dryRun, "dry-run", "n", false, "read the checkpoints' headers only, print the plan and the predicted archive size, write nothing (OUT may be omitted)")
 	f.BoolVarP(&o.force, "force", "f", false, "replace OUT if it exists (an input is never replaced)")
+	f.StringVar(&o.maxMemory, "max-memory", "", "memory to work within, such as 2GiB (default: 2 GiB up to 6 CPUs, 341 MiB more per CPU beyond): sizes the tensors encoded at once and the runtime's memory limit; a smaller cap is slower, never an error, and the archive is the same; --dry-run prints the expected peak")
 	f.StringVar(&o.shard, "shard", "", "write part i of n (i/n, counting from 1) of the archive to OUT: a cost-balanced share of the work; 'deltacome merge' joins the n parts (see Parts)")
 }
 
@@ -124,6 +127,11 @@ func (o *compressOptions) validate() (*engine.CompressOptions, error) {
 	}
 	eo.Overwrite = o.force
 	var err error
+	if o.maxMemory != "" {
+		if eo.MaxMemory, err = parseSize(o.maxMemory); err != nil {
+			return nil, usageError{fmt.Errorf("--max-memory: %w", err)}
+		}
+	}
 	if eo.Schedule, eo.Select, err = o.encodingFlags.parse(); err != nil {
 		return nil, err
 	}
@@ -268,7 +276,16 @@ prints only a JSON summary on stdout.
 --dry-run reads the checkpoints' headers only and prints the plan: which
 tensors would be stored lossily, each one's exact byte budget, and bounds
 for the rest, whose size depends on bytes the plan does not read (a tensor
-equal to its base costs nothing, a changed one what zstd makes of it).
+equal to its base costs nothing, a changed one what zstd makes of it),
+and the peak memory it expects.
+
+Memory: a projection of more than 64Mi weights (a 70B or 405B MLP matrix)
+is never held whole in float32: its delta is read from the mapped
+checkpoints a panel of rows at a time, and the pages read are released.
+--max-memory (default 2 GiB up to 6 CPUs, 341 MiB more per CPU beyond)
+sets how many tensors are encoded at once and the runtime's memory limit;
+below what one tensor needs, compress runs slower, never fails for it, and
+the archive is the same.
 
 Parts: --shard i/n writes part i of n to OUT instead of the archive: a
 share of the tensors chosen from the checkpoints' headers and the flags
@@ -284,6 +301,7 @@ GitHub Actions and xargs.` + exitCodesHelp,
   deltacome compress --lossless ./base ./ft ft-exact.dcm
   deltacome compress --dry-run --ratio 32 ./base ./ft
   deltacome compress --max-error 0.3 ./base ./ft ft.dcm
+  deltacome compress --max-memory 3GiB ./llama-70b ./ft-70b ft-70b.dcm
   deltacome compress --shard 2/8 ./base ./ft ft.part2.dcm`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if o.dryRun && len(args) == 2 {

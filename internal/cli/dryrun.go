@@ -34,6 +34,16 @@ type planJSON struct {
 	Estimate *planEstimateJSON `json:"estimate,omitempty"`
 	// Shard is present with --shard: each part's share of the work.
 	Shard *planShardJSON `json:"shard,omitempty"`
+	// Memory is the pool compress would run and the peak it expects.
+	Memory planMemoryJSON `json:"memory"`
+}
+
+type planMemoryJSON struct {
+	MaxMemory     int64  `json:"max_memory"`
+	Workers       int    `json:"workers"`
+	PeakEstimate  int64  `json:"peak_estimate"`
+	LargestTensor string `json:"largest_tensor"`
+	LargestBytes  int64  `json:"largest_bytes"`
 }
 
 type planShardJSON struct {
@@ -115,7 +125,9 @@ func runDryRun(ctx context.Context, o *compressOptions, base, ft string, out io.
 			Settings: planSettingsJSON{Mode: eo.Mode}, ByKind: map[string]planTotalJSON{},
 			OrigBytes: p.OrigBytes, SideFiles: p.SideFiles, SideBytes: p.SideBytes, HeaderBytes: p.HeaderBytes,
 			MaxArchiveBytes: p.MaxArchiveBytes, MinRatio: float64(p.OrigBytes) / float64(max(p.MaxArchiveBytes, 1)),
-			SkippedFiles: []skippedFileJSON{}, Warnings: append([]engine.Warning{}, p.Warnings...)}
+			SkippedFiles: []skippedFileJSON{}, Warnings: append([]engine.Warning{}, p.Warnings...),
+			Memory: planMemoryJSON{MaxMemory: p.Memory.MaxMemory, Workers: p.Memory.Workers, PeakEstimate: p.Memory.Peak,
+				LargestTensor: p.Memory.Largest, LargestBytes: p.Memory.LargestBytes}}
 		for _, f := range p.Skipped {
 			res.SkippedFiles = append(res.SkippedFiles, skippedFileJSON{Name: f.Name, Reason: f.Reason})
 		}
@@ -233,6 +245,11 @@ func renderPlan(out io.Writer, p *engine.CompressPlan, eo *engine.CompressOption
 	} else {
 		_, err = fmt.Fprintf(out, "predicted archive size: at most %s (%d bytes) for %s of tensors: ratio at least %s\n",
 			size(p.MaxArchiveBytes), p.MaxArchiveBytes, size(p.OrigBytes), ratioString(p.OrigBytes, p.MaxArchiveBytes))
+	}
+	if err == nil {
+		m := p.Memory
+		_, err = fmt.Fprintf(out, "peak memory: about %s expected, within a cap of %s (--max-memory): %d %s at once, the largest working set %s (%s)\n",
+			size(m.Peak), size(m.MaxMemory), m.Workers, map[bool]string{true: "tensor", false: "tensors"}[m.Workers == 1], size(m.LargestBytes), m.Largest)
 	}
 	if err == nil && len(p.Parts) > 0 {
 		err = renderParts(out, p.Parts, eo.Shard)

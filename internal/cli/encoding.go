@@ -31,7 +31,7 @@ func (o *encodingFlags) addFlags(f *pflag.FlagSet) {
 	f.IntVar(&o.refit, "refit", svdquant.DefaultRefit, "alternating least-squares rounds on the quantized factors (--grid sym; 0: off): each round refits U·S to the delta given the quantized V, requantizes it, then V likewise, and the round of least error is kept. Lowers the error at equal bytes, but one round adds about a third to compress's CPU time on 7B-sized matrices (docs/FIDELITY.md); later rounds cost as much each and gain less")
 	f.StringArrayVar(&o.include, "include", nil, "regexp of tensor names to compress lossily (repeatable; replaces the default rule: every weight matrix of the transformer blocks)")
 	f.StringArrayVar(&o.exclude, "exclude", nil, "regexp of tensor names to store losslessly instead (repeatable)")
-	f.IntVar(&o.workers, "workers", 0, "tensors processed at once (0: one per CPU, fewer when the largest projection would not fit the memory planned for: 1.125 GiB up to 6 CPUs, 192 MiB per CPU beyond); the archive is identical whatever the value")
+	f.IntVar(&o.workers, "workers", 0, "tensors processed at once (0: one per CPU, fewer when the largest working sets would not fit 9/16 of the memory cap, 2 GiB up to 6 CPUs; compress: --max-memory); the archive is identical whatever the value")
 }
 
 // parse validates the flags and returns the schedule and tensor selector.

@@ -3,6 +3,7 @@ package cli
 import (
 	"cmp"
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -24,6 +25,37 @@ func size(n int64) string {
 		return fmt.Sprintf("%.1f MiB", float64(n)/mib)
 	}
 	return fmt.Sprintf("%.2f GiB", float64(n)/gib)
+}
+
+// parseSize parses a byte count for a flag: a number with an optional
+// unit, B, K/KB/KiB, M/MB/MiB, G/GB/GiB or T/TB/TiB, counted in powers of
+// 1024 either way ("2GiB", "1.5G", "512MiB", "2147483648").
+func parseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	i := strings.IndexFunc(t, func(r rune) bool { return (r < '0' || r > '9') && r != '.' })
+	num, unit := t, ""
+	if i >= 0 {
+		num, unit = t[:i], strings.ToLower(strings.TrimSpace(t[i:]))
+	}
+	shift := 0
+	switch strings.TrimSuffix(strings.TrimSuffix(unit, "ib"), "b") {
+	case "":
+	case "k":
+		shift = 10
+	case "m":
+		shift = 20
+	case "g":
+		shift = 30
+	case "t":
+		shift = 40
+	default:
+		return 0, fmt.Errorf("size %q: unknown unit %q (want B, KiB, MiB, GiB or TiB)", s, t[i:])
+	}
+	v, err := strconv.ParseFloat(num, 64)
+	if err != nil || !(v > 0) || v*float64(int64(1)<<shift) >= 1<<62 {
+		return 0, fmt.Errorf("size %q: want a positive number of bytes such as 2GiB", s)
+	}
+	return int64(v * float64(int64(1)<<shift)), nil
 }
 
 // naturalCompare orders strings with their runs of digits compared as

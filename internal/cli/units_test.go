@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 func TestSize(t *testing.T) {
@@ -33,4 +34,19 @@ func TestNaturalCompare(t *testing.T) {
 		"model.layers.9.a", "model.layers.10.mlp.up_proj.weight", "model.layers.100.a",
 		"model.norm.weight",
 	}, got)
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{
+		"2GiB": 2 << 30, "2G": 2 << 30, "2gb": 2 << 30, "1.5GiB": 3 << 29, "512MiB": 512 << 20,
+		"512 M": 512 << 20, "4096": 4096, "4096B": 4096, "1KiB": 1024, "1T": 1 << 40,
+	} {
+		got, err := parseSize(in)
+		require.NoError(t, err, in)
+		assert.Equal(t, want, got, in)
+	}
+	for _, in := range []string{"", "GiB", "-1G", "0", "2 parsecs", "1e3G", "nan", "99999999999T"} {
+		_, err := parseSize(in)
+		assert.Error(t, err, in)
+	}
 }

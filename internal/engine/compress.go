@@ -3,6 +3,8 @@ package engine
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -70,8 +72,15 @@ type CompressOptions struct {
 	SVD linalg.Route
 	// Select picks the tensors to low-rank compress.
 	Select *Selector
-	// Workers bounds the tensors processed at once; < 1 means GOMAXPROCS.
+	// Workers bounds the tensors processed at once; < 1 sizes the pool
+	// from MaxMemory and the largest working set (see MemoryPlan).
 	Workers int
+	// MaxMemory caps the memory Compress plans for, bytes; < 1 means
+	// DefaultMaxMemory. It sizes the pool and sets the runtime's soft
+	// memory limit for the duration of Compress (unless GOMEMLIMIT is
+	// set); a tensor larger than the cap is still encoded, alone and
+	// slower. The archive does not depend on it.
+	MaxMemory int64
 	// Tool is recorded in the manifest (name and version).
 	Tool string
 	// Progress receives per-tensor events; nil means none.
@@ -157,9 +166,6 @@ func Compress(ctx context.Context, basePath, ftPath, outPath string, opt Compres
 	}
 	defer w.Abort() // no-op after a successful Commit
 
-	if opt.Workers < 1 {
-		opt.Workers = defaultWorkers(ft) // sized from cores and memory (workers.go)
-	}
 	names := ft.Names()
 	var parts *assignment // nil: the whole archive
 	if opt.Shard.sharded() {
@@ -172,6 +178,9 @@ func Compress(ctx context.Context, basePath, ftPath, outPath string, opt Compres
 		}
 		m.Format, m.Version = archive.PartFormatName, archive.PartVersion
 	}
+	mp := planMemory(base, ft, names, &opt) // workers.go
+	opt.Workers = mp.Workers
+	defer setMemoryLimit(mp.MaxMemory)()
 	var total int64
 	for _, n := range names {
 		t, _ := ft.Tensor(n)
@@ -365,13 +374,21 @@ func encodeTensor(base, ft *checkpoint.Checkpoint, name string, opt CompressOpti
 	if err != nil {
 		return nil, errorf(ErrInput, "base: %w", err)
 	}
-	e.rec.SHA256, e.baseSHA = sha256Both(data, bdata)
+	e.rec.SHA256, e.baseSHA = sha256Both(data, bdata,
+		func(off, n int64) { ft.ReleaseRange(name, off, n) },
+		func(off, n int64) { base.ReleaseRange(name, off, n) })
 
 	switch {
 	case class != classFull && bt.DType == t.DType && e.baseSHA == e.rec.SHA256 && bytes.Equal(bdata, data):
 		return e, e.store(archive.KindSame, &storage.Input{})
 	case class == classLossy:
-		return e, e.storeLossy(data, t.DType, bdata, bt.DType, opt)
+		release := func(r0, r1 int) { // the pages of rows [r0, r1), once decoded
+			cols := int64(t.Shape[1])
+			fs, bs := int64(t.DType.Size()), int64(bt.DType.Size())
+			ft.ReleaseRange(name, int64(r0)*cols*fs, int64(r1-r0)*cols*fs)
+			base.ReleaseRange(name, int64(r0)*cols*bs, int64(r1-r0)*cols*bs)
+		}
+		return e, e.storeLossy(data, t.DType, bdata, bt.DType, release, opt)
 	case class == classFull:
 		return e, e.storeFull(data, t.DType)
 	default:
@@ -384,16 +401,41 @@ func (e *encoded) storeFull(data []byte, dt safetensors.DType) error {
 }
 
 // storeLossy stores a selected projection as the lossy kind of the method.
-func (e *encoded) storeLossy(data []byte, dt safetensors.DType, bdata []byte, bdt safetensors.DType, opt CompressOptions) error {
+// Delta-CoMe reads the delta from data and bdata a block of rows at a time
+// (svdquant.DeltaRows), calling release with the rows decoded; the other
+// methods, and an error target's passes, take it whole in float32.
+func (e *encoded) storeLossy(data []byte, dt safetensors.DType, bdata []byte, bdt safetensors.DType, release func(r0, r1 int), opt CompressOptions) error {
 	rows, cols := int(e.rec.Shape[0]), int(e.rec.Shape[1])
-	delta := make([]float32, rows*cols)
-	if err := svdquant.Delta(delta, data, dt, bdata, bdt); err != nil {
+	k := opt.kind()
+	in := &storage.Input{Rows: rows, Cols: cols, Options: opt.encodeOptions()}
+	if opt.target == nil && (k.Name == archive.KindLowRank || k.Name == archive.KindLowRankSym) {
+		src, err := svdquant.NewDeltaRows(data, dt, bdata, bdt, rows, cols, release)
+		if err != nil {
+			return errorf(ErrInput, "tensor %q: %w", e.rec.Name, err)
+		}
+		in.Source = inputRows{src}
+		return e.store(k.Name, in)
+	}
+	in.Delta = make([]float32, rows*cols)
+	if err := svdquant.Delta(in.Delta, data, dt, bdata, bdt); err != nil {
 		return errorf(ErrInput, "tensor %q: %w", e.rec.Name, err)
 	}
 	if opt.target != nil {
-		return e.storeTarget(delta, rows, cols, opt)
+		return e.storeTarget(in.Delta, rows, cols, opt)
 	}
-	return e.store(opt.kind().Name, &storage.Input{Delta: delta, Rows: rows, Cols: cols, Options: opt.encodeOptions()})
+	return e.store(k.Name, in)
+}
+
+// inputRows is a delta read from the checkpoints, whose read errors (a
+// non-finite element) are the input's (ErrInput).
+type inputRows struct{ *svdquant.DeltaRows }
+
+// ReadRows is svdquant.DeltaRows.ReadRows, its errors wrapping ErrInput.
+func (r inputRows) ReadRows(dst []float32, r0, r1 int) error {
+	if err := r.DeltaRows.ReadRows(dst, r0, r1); err != nil {
+		return errorf(ErrInput, "%w", err)
+	}
+	return nil
 }
 
 // store encodes in as storage kind name, through the kind's entry of the
@@ -495,17 +537,34 @@ func readSmallFile(path string, size int64) ([]byte, error) {
 	return data, nil
 }
 
-// sha256Both returns sha256Hex of a and of b, hashed concurrently.
-func sha256Both(a, b []byte) (string, string) {
+// sha256Both returns sha256Hex of a and of b, hashed concurrently, each in
+// chunks of hashChunk bytes; relA and relB are called with each chunk's
+// range once hashed, so that a mapped tensor's pages can go as the hash
+// passes.
+func sha256Both(a, b []byte, relA, relB func(off, n int64)) (string, string) {
 	var ha string
 	done := make(chan struct{})
 	go func() {
-		ha = sha256Hex(a)
+		ha = sha256Chunked(a, relA)
 		close(done)
 	}()
-	hb := sha256Hex(b)
+	hb := sha256Chunked(b, relB)
 	<-done
 	return ha, hb
+}
+
+// hashChunk is the number of bytes sha256Chunked hashes between releases.
+const hashChunk = 16 << 20
+
+// sha256Chunked is sha256Hex of b, calling release with each chunk hashed.
+func sha256Chunked(b []byte, release func(off, n int64)) string {
+	h := sha256.New()
+	for off := 0; off < len(b); off += hashChunk {
+		end := min(off+hashChunk, len(b))
+		h.Write(b[off:end])
+		release(int64(off), int64(end-off))
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 // sha256Hex is the lowercase hex SHA-256 records store.

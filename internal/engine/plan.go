@@ -83,6 +83,9 @@ type CompressPlan struct {
 	// Target is the first pass's prediction for CompressOptions.MaxError
 	// or BudgetModel; nil without a first pass.
 	Target *TargetEstimate
+	// Memory is how Compress would size its pool, and the peak memory it
+	// expects, for this part's tensors when sharded.
+	Memory MemoryPlan
 }
 
 // PlanTotals sums planned tensors of one kind.
@@ -239,6 +242,7 @@ func PlanContext(ctx context.Context, basePath, ftPath string, opt CompressOptio
 	if err != nil {
 		return nil, errorf(ErrInput, "fine-tune: %w", err)
 	}
+	names := ft.Names()
 	if opt.Shard.sharded() {
 		a, err := assign(base, ft, side, &opt, opt.Shard.Count)
 		if err != nil {
@@ -248,7 +252,9 @@ func PlanContext(ctx context.Context, basePath, ftPath string, opt CompressOptio
 		for i := range p.Tensors {
 			p.Tensors[i].Part = a.ft[p.Tensors[i].Name]
 		}
+		names = a.names(ft, opt.Shard.Index)
 	}
+	p.Memory = planMemory(base, ft, names, &opt)
 	p.Skipped = skipped
 	p.Warnings = append(p.Warnings, skippedWarnings(skipped)...)
 	for _, f := range side {

@@ -57,28 +57,29 @@ func gemm[T float32 | float64](f gemmFunc[T], tA, tB blas.Transpose, m, n, k int
 }
 
 // syrkUpper32 computes the upper triangle of the symmetric n x n Gram
-// matrix g = x·xᵀ (trans false; x row-major n x k) or xᵀ·x (trans true; x
-// row-major k x n), one tile of g at a time (see tiles): diagonal tiles by
-// Ssyrk, the others by Sgemm. The lower triangle of g is left as it was.
-func syrkUpper32(trans bool, n, k int, x []float32, ldx int, g []float32, ldg int) {
-	syrkUpper(blas32Impl.Ssyrk, blas32Impl.Sgemm, trans, n, k, x, ldx, g, ldg)
+// matrix g = x·xᵀ + beta·g (trans false; x row-major n x k) or
+// xᵀ·x + beta·g (trans true; x row-major k x n), one tile of g at a time
+// (see tiles): diagonal tiles by Ssyrk, the others by Sgemm. The lower
+// triangle of g is left as it was.
+func syrkUpper32(trans bool, n, k int, x []float32, ldx int, beta float32, g []float32, ldg int) {
+	syrkUpper(blas32Impl.Ssyrk, blas32Impl.Sgemm, trans, n, k, x, ldx, beta, g, ldg)
 }
 
 // syrkUpper64 is syrkUpper32 for float64 matrices.
-func syrkUpper64(trans bool, n, k int, x []float64, ldx int, g []float64, ldg int) {
-	syrkUpper(blas64Impl.Dsyrk, blas64Impl.Dgemm, trans, n, k, x, ldx, g, ldg)
+func syrkUpper64(trans bool, n, k int, x []float64, ldx int, beta float64, g []float64, ldg int) {
+	syrkUpper(blas64Impl.Dsyrk, blas64Impl.Dgemm, trans, n, k, x, ldx, beta, g, ldg)
 }
 
 // syrkFunc is the BLAS's Ssyrk or Dsyrk.
 type syrkFunc[T float32 | float64] func(ul blas.Uplo, t blas.Transpose, n, k int, alpha T, a []T, lda int, beta T, c []T, ldc int)
 
-func syrkUpper[T float32 | float64](syrk syrkFunc[T], f gemmFunc[T], trans bool, n, k int, x []T, ldx int, g []T, ldg int) {
+func syrkUpper[T float32 | float64](syrk syrkFunc[T], f gemmFunc[T], trans bool, n, k int, x []T, ldx int, beta T, g []T, ldg int) {
 	if !nativeTranspose { // one Gram product by the BLAS: its tiles would transpose x
 		t := blas.NoTrans
 		if trans {
 			t = blas.Trans
 		}
-		syrk(blas.Upper, t, n, k, 1, x, ldx, 0, g, ldg)
+		syrk(blas.Upper, t, n, k, 1, x, ldx, beta, g, ldg)
 		return
 	}
 	tiles(n, n, true, func(i0, i1, j0, j1 int) {
@@ -90,10 +91,10 @@ func syrkUpper[T float32 | float64](syrk syrkFunc[T], f gemmFunc[T], trans bool,
 		}
 		gij := g[i0*ldg+j0:]
 		if i0 == j0 {
-			syrk(blas.Upper, tA, i1-i0, k, 1, xi, ldx, 0, gij, ldg)
+			syrk(blas.Upper, tA, i1-i0, k, 1, xi, ldx, beta, gij, ldg)
 			return
 		}
-		f(tA, tB, i1-i0, j1-j0, k, 1, xi, ldx, xj, ldx, 0, gij, ldg)
+		f(tA, tB, i1-i0, j1-j0, k, 1, xi, ldx, xj, ldx, beta, gij, ldg)
 	})
 }
 

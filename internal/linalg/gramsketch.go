@@ -8,63 +8,63 @@ import (
 )
 
 // randomizedGram carries out Randomized's steps 1-3 with a Krylov space of
-// depth blocks of b columns; seed seeds Ω. It returns the result, or
-// instead a non-empty description of the breakdown that stopped it (see
-// Randomized).
-func randomizedGram(a []float32, rows, cols, rank, b, depth int, seed uint64) (*SVD, string) {
+// depth blocks of b columns, reading the matrix through p; seed seeds Ω.
+// Depth 0 takes the whole short side as the basis (fullSpace). It returns
+// the result, or instead a non-empty description of the breakdown that
+// stopped it (see Randomized), or the error of reading the matrix.
+func randomizedGram(p *panels, rank, b, depth int, seed uint64) (*SVD, string, error) {
+	rows, cols := p.rows, p.cols
 	short, long := min(rows, cols), max(rows, cols)
 	wide := rows <= cols
-	g := make([]float32, short*short)
-	syrkUpper32(!wide, short, long, a, cols, g, short) // G = XXᵀ: X = A (short x long) or Aᵀ
-	for i := range short {                             // mirror the upper triangle for plain products
+	g, err := gramOf(p) // G = XXᵀ: X = A (short x long) or Aᵀ
+	if err != nil {
+		return nil, "", err
+	}
+	p.release()            // the panels are read again for the right vectors only
+	for i := range short { // mirror the upper triangle for plain products
 		for j := range i {
 			g[i*short+j] = g[j*short+i]
 		}
 	}
 	if top, ok := gramInRange(g, short); !ok {
-		if top == 0 && allZero(a) {
-			return finish32(nil, nil, nil, rows, cols, 0), ""
+		if top == 0 {
+			zero, err := allZeroMatrix(p)
+			if err != nil {
+				return nil, "", err
+			}
+			if zero {
+				return finish32(nil, nil, nil, rows, cols, 0), "", nil
+			}
 		}
-		return nil, fmt.Sprintf("float32 Gram matrix out of range (largest diagonal entry %.3g)", top)
+		return nil, fmt.Sprintf("float32 Gram matrix out of range (largest diagonal entry %.3g)", top), nil
 	}
-	w, gw, err := krylovBasis(g, short, b, depth, seed)
-	if err != nil {
-		return nil, fmt.Sprintf("Krylov basis: %v", err)
+	var us []float32 // left vectors of X as rows, rank x short
+	var fallback, broke string
+	if depth == 0 {
+		us, fallback, broke = fullSpace(g, short, rank)
+	} else {
+		us, fallback, broke = ritz(g, short, rank, b, depth, seed)
 	}
-	// Rayleigh–Ritz: T = Qᵀ·(G·Q), l x l.
-	l := b * depth
-	t := make([]float32, l*l)
-	gemm32(blas.Trans, blas.NoTrans, l, l, short, w, l, gw, l, t, l)
-	w32 := make([]float32, l*rank)
-	fallback := ""
-	if !ritzEig32(l, rank, t, w32) || !allFinite(w32) {
-		fallback = fmt.Sprintf("float32 eigensolver failed on the %d x %d projected Gram matrix; solved in float64", l, l)
-		gemm32(blas.Trans, blas.NoTrans, l, l, short, w, l, gw, l, t, l) // t was overwritten
-		if !ritzEig64(l, rank, t, w32) || !allFinite(w32) {
-			return nil, fmt.Sprintf("float32 and float64 eigensolvers failed on the %d x %d projected Gram matrix", l, l)
-		}
+	if broke != "" {
+		return nil, broke, nil
 	}
-	// Left vectors as rows: Uᵀ = Wᵀ·Qᵀ (rank x short).
-	us := make([]float32, rank*short)
-	gemm32(blas.Trans, blas.Trans, rank, short, l, w32, rank, w, l, us, short)
 	for j := range rank {
 		if n := normalize32(us[j*short : (j+1)*short]); !(math.Abs(n-1) <= ritzNormTol) {
-			return nil, fmt.Sprintf("Krylov basis lost orthogonality (Ritz vector %d has norm %.3g)", j, n)
+			return nil, fmt.Sprintf("Krylov basis lost orthogonality (Ritz vector %d has norm %.3g)", j, n), nil
 		}
 	}
 	// Right vectors as rows: Vᵀ = Uᵀ·X (rank x long).
-	vl := make([]float32, rank*long)
-	if wide {
-		gemm32(blas.NoTrans, blas.NoTrans, rank, long, short, us, short, a, cols, vl, long)
-	} else {
-		gemm32(blas.NoTrans, blas.Trans, rank, long, short, us, short, a, cols, vl, long)
+	vl, err := rightOf(p, us, rank)
+	if err != nil {
+		return nil, "", err
 	}
+	p.release()
 	s := make([]float64, rank)
 	s0 := 0.0
 	for j := range rank {
 		s[j] = normalize32(vl[j*long : (j+1)*long])
 		if s[j]-s[j] != 0 {
-			return nil, fmt.Sprintf("singular value %d is %v", j, s[j])
+			return nil, fmt.Sprintf("singular value %d is %v", j, s[j]), nil
 		}
 		s0 = math.Max(s0, s[j])
 	}
@@ -75,7 +75,52 @@ func randomizedGram(a []float32, rows, cols, rank, b, depth int, seed uint64) (*
 		d = finish32(vl, us, s, rows, cols, randZeroTol(rows, cols, s0))
 	}
 	d.Fallback = fallback
-	return d, ""
+	return d, "", nil
+}
+
+// ritz returns the rank Ritz vectors of the Krylov space of g (n x n,
+// both triangles) as rows, rank x n: an orthonormal basis Q of the space
+// (krylovBasis), the top eigenvectors w of QᵀGQ, and Uᵀ = Wᵀ·Qᵀ. fallback
+// says when the float32 eigensolver failed and float64 stood in; broke,
+// when non-empty, why no vectors came out.
+func ritz(g []float32, n, rank, b, depth int, seed uint64) (us []float32, fallback, broke string) {
+	w, gw, err := krylovBasis(g, n, b, depth, seed)
+	if err != nil {
+		return nil, "", fmt.Sprintf("Krylov basis: %v", err)
+	}
+	// Rayleigh–Ritz: T = Qᵀ·(G·Q), l x l.
+	l := b * depth
+	t := make([]float32, l*l)
+	gemm32(blas.Trans, blas.NoTrans, l, l, n, w, l, gw, l, t, l)
+	w32 := make([]float32, l*rank)
+	if !ritzEig32(l, rank, t, w32) || !allFinite(w32) {
+		fallback = fmt.Sprintf("float32 eigensolver failed on the %d x %d projected Gram matrix; solved in float64", l, l)
+		gemm32(blas.Trans, blas.NoTrans, l, l, n, w, l, gw, l, t, l) // t was overwritten
+		if !ritzEig64(l, rank, t, w32) || !allFinite(w32) {
+			return nil, "", fmt.Sprintf("float32 and float64 eigensolvers failed on the %d x %d projected Gram matrix", l, l)
+		}
+	}
+	// Left vectors as rows: Uᵀ = Wᵀ·Qᵀ (rank x n).
+	us = make([]float32, rank*n)
+	gemm32(blas.Trans, blas.Trans, rank, n, l, w32, rank, w, l, us, n)
+	return us, fallback, ""
+}
+
+// fullSpace returns the top rank eigenvectors of g (n x n, upper triangle
+// read, overwritten) as rows, rank x n: the Rayleigh–Ritz step with the
+// whole space as the basis, which the randomized route takes for a
+// streamed matrix when its search space would cover the short side (a
+// large rank: ratio 8 on a 70B-class MLP matrix). In float32 it resolves
+// singular values down to about sqrt(ε₃₂)·s₀, as the Krylov route does,
+// and holds n² floats where the exact route would hold the matrix in
+// float64; broke is ritz's (fallback stays empty: a failure hands the
+// matrix to the exact route).
+func fullSpace(g []float32, n, rank int) (us []float32, fallback, broke string) {
+	z := make([]float32, n*rank)
+	if !ritzEig32(n, rank, g, z) || !allFinite(z) {
+		return nil, "", fmt.Sprintf("float32 eigensolver failed on the %d x %d Gram matrix", n, n)
+	}
+	return transpose(z, n, rank, rank), "", ""
 }
 
 // The eigensolvers of the Rayleigh–Ritz step, in float32 and in float64

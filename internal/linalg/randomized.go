@@ -93,9 +93,27 @@ func Randomized(a []float32, rows, cols, rank int, opt RandomizedOptions) (*SVD,
 	if err := checkArgs(a, rows, cols, rank); err != nil {
 		return nil, err
 	}
+	return RandomizedMatrix(&Dense{Data: a, Rows: rows, Cols: cols}, rank, opt)
+}
+
+// RandomizedMatrix is Randomized for a Matrix read a panel of rows at a time
+// (PanelRows): the Gram matrix and the right vectors are formed panel by
+// panel, so that a matrix of more than 64Mi entries is never held whole.
+// The results for a Dense matrix and for any other Matrix of the same
+// entries are the same bits. Where the search space would cover the short
+// side, a matrix read in one panel takes the exact route (Exact's result);
+// a larger one the same steps with the whole short side as the basis
+// (fullSpace), in float32 and bounded memory, where the exact route would
+// hold the matrix in float64. Errors are Randomized's and those of
+// m.ReadRows.
+func RandomizedMatrix(m Matrix, rank int, opt RandomizedOptions) (*SVD, error) {
+	if err := checkMatrix(m, rank); err != nil {
+		return nil, err
+	}
 	if opt.Depth < 1 {
 		return nil, fmt.Errorf("%w: Krylov depth %d", ErrShape, opt.Depth)
 	}
+	rows, cols := m.Dims()
 	p := opt.Oversample
 	if p < 0 {
 		p = (rank + 1) / 2
@@ -104,11 +122,22 @@ func Randomized(a []float32, rows, cols, rank int, opt RandomizedOptions) (*SVD,
 	b := (rank + p + d - 1) / d // block width: l = b·d ≥ rank + p
 	short := min(rows, cols)
 	if rank == 0 || b*d >= short {
-		return gram(a, rows, cols, rank)
+		if !Streamed(rows, cols) || rank == 0 {
+			a, err := whole(m)
+			if err != nil {
+				return nil, err
+			}
+			return gram(a, rows, cols, rank)
+		}
+		b, d = short, 0 // fullSpace
 	}
-	r, broke := randomizedGram(a, rows, cols, rank, b, d, opt.Seed^(uint64(rows)<<32|uint64(cols)))
-	if broke == "" {
-		return r, nil
+	r, broke, err := randomizedGram(newPanels(m), rank, b, d, opt.Seed^(uint64(rows)<<32|uint64(cols)))
+	if err != nil || broke == "" {
+		return r, err
+	}
+	a, err := whole(m)
+	if err != nil {
+		return nil, err
 	}
 	e, err := gram(a, rows, cols, rank)
 	if err != nil {
@@ -158,7 +187,7 @@ func orthonormalize(y []float32, rows, cols int) error {
 	ok := true
 	for pass := range 2 {
 		clear(r)
-		syrkUpper64(true, cols, rows, y64, cols, r, cols)
+		syrkUpper64(true, cols, rows, y64, cols, 0, r, cols)
 		if ok = lapackImpl.Dpotrf(blas.Upper, cols, r, cols); !ok {
 			break
 		}

@@ -55,7 +55,7 @@ func Gram(dst, x []float32, m, k int) {
 	if k == 0 {
 		return
 	}
-	syrkUpper32(false, m, k, x, k, dst, m)
+	syrkUpper32(false, m, k, x, k, 0, dst, m)
 	for i := range m {
 		for j := range i {
 			dst[i*m+j] = dst[j*m+i]

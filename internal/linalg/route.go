@@ -49,7 +49,7 @@ func gram(a []float32, rows, cols, rank int) (*SVD, error) {
 		}
 	}
 	g := make([]float64, small*small)
-	syrkUpper64(false, small, big, x, big, g, small) // AᵀA or AAᵀ
+	syrkUpper64(false, small, big, x, big, 0, g, small) // AᵀA or AAᵀ
 	w := make([]float64, rank)
 	z := make([]float64, small*rank) // top eigenvectors as columns, largest first
 	if !symEigTop(small, rank, g, w, z) {

@@ -69,6 +69,26 @@ func (m Route) Resolve(rows, cols int) Route {
 	return m
 }
 
+// TruncatedMatrix is Truncated for a Matrix: the randomized route reads it
+// panel by panel (RandomizedMatrix), the exact route whole.
+func TruncatedMatrix(a Matrix, rank int, m Route) (*SVD, error) {
+	rows, cols := a.Dims()
+	switch m.Resolve(rows, cols) {
+	case RouteExact:
+		if err := checkMatrix(a, rank); err != nil {
+			return nil, err
+		}
+		data, err := whole(a)
+		if err != nil {
+			return nil, err
+		}
+		return Exact(data, rows, cols, rank)
+	case RouteRandomized:
+		return RandomizedMatrix(a, rank, DefaultRandomized())
+	}
+	return nil, fmt.Errorf("%w: %v", ErrBadRoute, m)
+}
+
 // Truncated computes the truncated SVD of the row-major rows x cols matrix a,
 // keeping at most rank triplets, by the route m resolves to for its shape
 // (Exact, or Randomized with DefaultRandomized options). Errors are Exact's.

@@ -8,6 +8,7 @@ import (
 
 	"github.com/deltacome/deltacome/internal/alloc"
 	"github.com/deltacome/deltacome/internal/bitdelta"
+	"github.com/deltacome/deltacome/internal/linalg"
 	"github.com/deltacome/deltacome/internal/lowrankbf16"
 	"github.com/deltacome/deltacome/internal/svdquant"
 	"github.com/deltacome/deltacome/pkg/archive"
@@ -74,10 +75,22 @@ type Input struct {
 	// Delta is W_ft - W_base, row-major Rows x Cols, finite.
 	Delta      []float32
 	Rows, Cols int
+	// Source, when not nil, is the delta instead of Delta, read a block of
+	// rows at a time (KindLowRank and KindLowRankSym only, see
+	// svdquant.EncodeMatrix).
+	Source linalg.Matrix
 	// Options are the lossy kinds' settings; Ratio applies to every one
 	// but KindBitDelta, the rest to KindLowRank and KindLowRankSym only
 	// (Refit to KindLowRankSym only).
 	Options svdquant.Options
+}
+
+// matrix returns the delta as a linalg.Matrix: Source, else Delta.
+func (in *Input) matrix() linalg.Matrix {
+	if in.Source != nil {
+		return in.Source
+	}
+	return &linalg.Dense{Data: in.Delta, Rows: in.Rows, Cols: in.Cols}
 }
 
 // Blob is one blob Encode produced, before its codec is applied.
@@ -201,7 +214,7 @@ var kinds = []Kind{
 		Name: archive.KindLowRank,
 		Base: true,
 		Encode: func(rec *archive.Tensor, in *Input) ([]Blob, error) {
-			enc, err := svdquant.Encode(in.Delta, in.Rows, in.Cols, in.Options)
+			enc, err := svdquant.EncodeMatrix(in.matrix(), in.Options)
 			if err != nil {
 				return nil, err
 			}
@@ -311,7 +324,7 @@ var kinds = []Kind{
 		Name: archive.KindLowRankSym,
 		Base: true,
 		Encode: func(rec *archive.Tensor, in *Input) ([]Blob, error) {
-			enc, err := svdquant.EncodeSym(in.Delta, in.Rows, in.Cols, in.Options)
+			enc, err := svdquant.EncodeSymMatrix(in.matrix(), in.Options)
 			if err != nil {
 				return nil, err
 			}

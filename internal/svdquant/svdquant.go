@@ -72,6 +72,12 @@ func Budget(rows, cols int, ratio float64) int64 {
 // (naming the first such element of the fine-tune, else of the base), or
 // when a difference overflows. It works in chunks on every core.
 func Delta(dst []float32, ft []byte, ftDT safetensors.DType, base []byte, baseDT safetensors.DType) error {
+	return deltaAt(dst, ft, ftDT, base, baseDT, 0)
+}
+
+// deltaAt is Delta for elements of a tensor starting at element offset,
+// which its errors count from.
+func deltaAt(dst []float32, ft []byte, ftDT safetensors.DType, base []byte, baseDT safetensors.DType, offset int) error {
 	// Whole-length checks first, so that no chunk can fail on its own.
 	if err := dtype.CheckLen(len(dst), len(ft), ftDT); err != nil {
 		return fmt.Errorf("fine-tune: %w", err)
@@ -105,13 +111,13 @@ func Delta(dst []float32, ft []byte, ftDT safetensors.DType, base []byte, baseDT
 		return -1
 	}
 	if i := first(0); i >= 0 {
-		return fmt.Errorf("%w: fine-tune element %d is %v", ErrNonFinite, i, dtypeValue(ft, ftDT, i))
+		return fmt.Errorf("%w: fine-tune element %d is %v", ErrNonFinite, offset+i, dtypeValue(ft, ftDT, i))
 	}
 	if i := first(1); i >= 0 {
-		return fmt.Errorf("%w: base element %d is %v", ErrNonFinite, i, dtypeValue(base, baseDT, i))
+		return fmt.Errorf("%w: base element %d is %v", ErrNonFinite, offset+i, dtypeValue(base, baseDT, i))
 	}
 	if i := first(2); i >= 0 {
-		return fmt.Errorf("%w: delta element %d overflows float32", ErrNonFinite, i)
+		return fmt.Errorf("%w: delta element %d overflows float32", ErrNonFinite, offset+i)
 	}
 	return nil
 }
@@ -144,18 +150,52 @@ func firstNonFinite(x []float32) int {
 // at each width, and round-to-nearest quantization of the unit vectors in
 // groups, singular values kept in float32.
 func Encode(delta []float32, rows, cols int, opt Options) (*Encoded, error) {
+	return EncodeMatrix(&linalg.Dense{Data: delta, Rows: rows, Cols: cols}, opt)
+}
+
+// EncodeMatrix is Encode for a delta read through a linalg.Matrix, such as
+// DeltaRows: a matrix that linalg.Streamed says is read in panels is never
+// held whole in float32 on the randomized route (the exact route reads it
+// whole). The result is Encode's for the same entries, the same bits.
+// Errors are Encode's and those of reading the matrix.
+func EncodeMatrix(delta linalg.Matrix, opt Options) (*Encoded, error) {
+	delta, err := wholeUnlessStreamed(delta)
+	if err != nil {
+		return nil, err
+	}
 	e := &Encoded{}
-	p, err := planPairs(delta, rows, cols, opt, false, &e.Record)
+	p, err := planPairs(delta, opt, false, &e.Record)
 	if err != nil || p == nil {
 		return e, err
 	}
 	e.Factors = p.m.encode(p.bits)
-	errSq, err := residualSq(delta, rows, cols, &e.Factors, &e.Record)
+	normSq := p.normSq
+	p = nil // the SVD and the measurer are dead: the collector may take them back
+	errSq, err := residualSq(delta, &e.Factors, &e.Record)
 	if err != nil {
-		panic(fmt.Sprintf("svdquant: decoding what was just encoded: %v", err))
+		var de *decodeError
+		if errors.As(err, &de) {
+			panic(fmt.Sprintf("svdquant: decoding what was just encoded: %v", err))
+		}
+		return nil, err
 	}
-	e.Record.RelError = math.Sqrt(errSq / p.normSq)
+	e.Record.RelError = math.Sqrt(errSq / normSq)
 	return e, nil
+}
+
+// wholeUnlessStreamed reads a matrix that linalg.Streamed does not stream
+// once, whole, into a linalg.Dense, as before streaming existed: its passes
+// then cost no decoding.
+func wholeUnlessStreamed(delta linalg.Matrix) (linalg.Matrix, error) {
+	rows, cols := delta.Dims()
+	if _, ok := delta.(*linalg.Dense); ok || linalg.Streamed(rows, cols) {
+		return delta, nil
+	}
+	a := make([]float32, rows*cols)
+	if err := delta.ReadRows(a, 0, rows); err != nil {
+		return nil, err
+	}
+	return &linalg.Dense{Data: a, Rows: rows, Cols: cols}, nil
 }
 
 // planned is a delta's truncated SVD and the widths of its kept pairs.
@@ -171,10 +211,14 @@ type planned struct {
 // (alloc.Cost) or, when sym, the symmetric one (alloc.CostSym), filling in
 // every field of rec but RelError. It returns nil, with rec complete, when
 // the delta is zero or the budget holds no pair.
-func planPairs(delta []float32, rows, cols int, opt Options, sym bool, rec *archive.LowRank) (*planned, error) {
+func planPairs(delta linalg.Matrix, opt Options, sym bool, rec *archive.LowRank) (*planned, error) {
+	rows, cols := delta.Dims()
 	g := opt.GroupSize
 	budget := opt.budget(rows, cols)
-	normSq := sumSq(delta)
+	normSq, err := matrixSumSq(delta)
+	if err != nil {
+		return nil, err
+	}
 	*rec = archive.LowRank{GroupSize: g, Budget: budget, DeltaNorm: math.Sqrt(normSq)}
 	if normSq == 0 {
 		return nil, nil
@@ -188,7 +232,7 @@ func planPairs(delta []float32, rows, cols int, opt Options, sym bool, rec *arch
 		rec.RelError = 1
 		return nil, nil
 	}
-	svd, err := linalg.Truncated(delta, rows, cols, rank, opt.SVD)
+	svd, err := linalg.TruncatedMatrix(delta, rank, opt.SVD)
 	if err != nil {
 		return nil, fmt.Errorf("svd: %w", err)
 	}
@@ -211,6 +255,30 @@ func planPairs(delta []float32, rows, cols int, opt Options, sym bool, rec *arch
 	}
 	rec.EnergyKept = kept / normSq
 	return &planned{svd: svd, m: m, bits: plan.Bits, normSq: normSq}, nil
+}
+
+// matrixSumSq returns the sum of squares of m's entries, accumulated in
+// float64 in row-major order (the same sum whether m is read whole or in
+// panels).
+func matrixSumSq(m linalg.Matrix) (float64, error) {
+	rows, cols := m.Dims()
+	if d, ok := m.(*linalg.Dense); ok {
+		return sumSq(d.Data), nil
+	}
+	step := linalg.PanelRows(rows, cols)
+	buf := make([]float32, step*cols)
+	var s float64
+	for r0 := 0; r0 < rows; r0 += step {
+		r1 := min(r0+step, rows)
+		a := buf[:(r1-r0)*cols]
+		if err := m.ReadRows(a, r0, r1); err != nil {
+			return 0, err
+		}
+		for _, v := range a {
+			s += float64(v) * float64(v)
+		}
+	}
+	return s, nil
 }
 
 // SVDRank is the number of singular triplets Encode computes for a rows x
@@ -469,27 +537,44 @@ func (w *roundTripper) quantized(x []float32, bits int, opt quant.Options) quant
 }
 
 // residualSq returns |delta - Delta_hat|_F^2 for the factors f, decoded as
-// reconstruct decodes them, forming Delta_hat a block of rows at a time.
-// Its products and the sums of squares are cut in fixed blocks, summed in
-// order: the result is the same for any number of workers.
-func residualSq(delta []float32, rows, cols int, f *Factors, rec *archive.LowRank) (float64, error) {
+// reconstruct decodes them, forming Delta_hat and reading delta a block of
+// rows at a time. Its products and the sums of squares are cut in fixed
+// blocks, summed in order: the result is the same for any number of
+// workers. An error decoding f is a *decodeError; others are delta's.
+func residualSq(delta linalg.Matrix, f *Factors, rec *archive.LowRank) (float64, error) {
+	rows, cols := delta.Dims()
 	ust, vt, err := f.decode(rows, cols, rec)
 	if err != nil {
-		return 0, err
+		return 0, &decodeError{err}
 	}
-	return decodedResidualSq(delta, rows, cols, rec.Rank, ust, vt), nil
+	return decodedResidualSq(delta, rec.Rank, ust, vt)
 }
 
 // decodedResidualSq is residualSq for decoded factors: ust (rank x rows,
 // the left vectors times their singular values) and vt (rank x cols).
-func decodedResidualSq(delta []float32, rows, cols, rank int, ust, vt []float32) float64 {
+// Its errors are delta's.
+func decodedResidualSq(delta linalg.Matrix, rank int, ust, vt []float32) (float64, error) {
+	rows, cols := delta.Dims()
+	dense, _ := delta.(*linalg.Dense)
 	hat := make([]float32, min(blockRows, rows)*cols)
+	var buf []float32
+	if dense == nil {
+		buf = make([]float32, min(blockRows, rows)*cols)
+	}
 	var sum float64
 	for r0 := 0; r0 < rows; r0 += blockRows {
 		r1 := min(r0+blockRows, rows)
 		h := hat[:(r1-r0)*cols]
 		linalg.MulT(h, ust[r0:], rows, vt, r1-r0, rank, cols, false)
-		d := delta[r0*cols : r1*cols]
+		var d []float32
+		if dense != nil {
+			d = dense.Data[r0*cols : r1*cols]
+		} else {
+			d = buf[:(r1-r0)*cols]
+			if err := delta.ReadRows(d, r0, r1); err != nil {
+				return 0, err
+			}
+		}
 		parts := make([]float64, (len(h)+sumChunk-1)/sumChunk)
 		par.Each(len(parts), func(c int) {
 			var part float64
@@ -503,8 +588,14 @@ func decodedResidualSq(delta []float32, rows, cols, rank int, ust, vt []float32)
 			sum += p
 		}
 	}
-	return sum
+	return sum, nil
 }
+
+// decodeError is an error decoding factors that were just encoded: a bug.
+type decodeError struct{ err error }
+
+func (e *decodeError) Error() string { return e.err.Error() }
+func (e *decodeError) Unwrap() error { return e.err }
 
 // sumChunk is the number of squares residualSq sums on one goroutine.
 const sumChunk = 1 << 16
@@ -677,12 +768,89 @@ func dot(a, b []float32) float64 {
 }
 
 // WorkingSetBytes estimates the peak memory Encode and its SVD use for one
-// rows x cols delta, besides the delta itself: the randomized route's
-// short-side Gram matrix, Krylov basis Q and G·Q (float32, with a float64
-// copy of one block), the projected matrix and its eigenvectors, the
-// float32 factors and the quantized codes: under 300 MB for 4096 x 11008 at
-// ratio 16, counted as 8 bytes per element of the matrix for the
-// allocator's slack.
+// rows x cols delta, besides the delta itself, at any ratio: 8 bytes per
+// element of the matrix, the allocator's slack included (under 300 MB of
+// buffers for 4096 x 11008 at ratio 16). Memory is the estimate for given
+// options.
 func WorkingSetBytes(rows, cols int) int64 {
 	return 8 * int64(rows) * int64(cols)
+}
+
+// Memory estimates the peak bytes EncodeMatrix holds for a rows x cols
+// delta read from checkpoints of elemBytes bytes per element (fine-tune
+// and base together, 4 for two bf16 tensors) with opt: the float32 delta
+// when it is read whole (else the panels the randomized route reads and
+// the checkpoint pages they keep mapped), and the largest of the route's
+// steps: the Gram matrix and the Krylov basis, the Rayleigh–Ritz problem
+// and its eigensolver's workspace, the factors, and the residual's decoded
+// factors. The estimate counts buffers, not the collector's headroom.
+//
+// sym is EncodeSymMatrix's estimate: its rank (SVDRankSym), and the
+// dequantized vectors it holds beside the factors while quantizing,
+// refitting and measuring the residual.
+func Memory(rows, cols, elemBytes int, opt Options, sym bool) int64 {
+	m, n := int64(rows), int64(cols)
+	short, long := min(m, n), max(m, n)
+	svdRank := SVDRank
+	if sym {
+		svdRank = SVDRankSym
+	}
+	k := int64(svdRank(rows, cols, opt.GroupSize, Budget(rows, cols, opt.Ratio)))
+	factors := 4 * k * (m + n) // U and V in float32
+	codes := k * (m + n)       // unpacked codes of the kept vectors, at most
+	var held, steps int64      // held through every step; the largest step
+	if linalg.Streamed(rows, cols) {
+		step := int64(linalg.PanelRows(rows, cols))
+		panel := step * n * (4 + int64(elemBytes)) // decoded, and its mapped pages
+		panels := panel
+		if rows <= cols {
+			panels = 2 * panel // the wide Gram matrix pairs two panels
+		}
+		held = 0
+		steps = 4*short*short + panels
+	} else {
+		held = 4 * m * n
+	}
+	switch opt.SVD.Resolve(rows, cols) {
+	case linalg.RouteExact:
+		// A float64 copy, the float64 Gram matrix and eigenvectors, the
+		// recovered vectors in float64, then the float32 factors.
+		steps = max(steps, 8*m*n+8*short*short+8*short*k+8*k*long+factors)
+	default:
+		opts := linalg.DefaultRandomized()
+		p := (k + 1) / 2
+		d := int64(opts.Depth)
+		b := (k + p + d - 1) / d
+		l := b * d
+		gram := 4 * short * short
+		switch {
+		case l >= short && !linalg.Streamed(rows, cols):
+			steps = max(steps, 8*m*n+8*short*short+8*short*k+8*k*long+factors)
+		case l >= short:
+			// The Gram matrix, ssyevd's workspace (1 + 6n + 2n² floats)
+			// and the eigenvectors; then the left and right vectors.
+			steps = max(steps, gram+4*(1+6*short+2*short*short)+4*short*k, factors+step32(rows, cols))
+		default:
+			krylov := gram + 8*short*l + 16*short*b + 4*l*b
+			ritz := 8*short*l + 4*l*l + 4*(1+6*l+2*l*l) + 4*l*k
+			steps = max(steps, krylov, ritz, factors+step32(rows, cols))
+		}
+	}
+	// Quantizing holds the factors and the codes; the residual the codes,
+	// the decoded factors and two blocks of rows.
+	quantized := factors + codes
+	if sym {
+		quantized += factors // the dequantized u and v
+	}
+	steps = max(steps, quantized, quantized+2*4*int64(min(blockRows, rows))*n)
+	return held + steps
+}
+
+// step32 is the float32 panel the right vectors' product reads, for a
+// streamed matrix (0 for one read whole, counted as held).
+func step32(rows, cols int) int64 {
+	if !linalg.Streamed(rows, cols) {
+		return 0
+	}
+	return int64(linalg.PanelRows(rows, cols)) * int64(cols) * 4
 }

@@ -293,3 +293,34 @@ func TestEncodeRecordsSVDFallback(t *testing.T) {
 	assert.Equal(t, exact.Factors, enc.Factors)
 	assert.Equal(t, exact.Record.RelError, enc.Record.RelError)
 }
+
+func TestMemoryEstimate(t *testing.T) {
+	// The working sets that the bounds rest on: a 70B-class
+	// matrix within 1.125 GiB (the pool's share of 2 GiB) at every ratio
+	// from 8 to 64, a 405B-class MLP matrix within 2.5 GiB (its Gram
+	// matrix alone is 1 GiB; 4 GiB leaves 1.5 for the pages, the
+	// collector's headroom and the runtime); a 7B matrix is read whole and counts its float32 delta.
+	const gib = 1 << 30
+	for _, tc := range []struct {
+		rows, cols int
+		ratio      float64
+		most       int64
+	}{
+		{4096, 11008, 16, gib / 2},
+		{8192, 28672, 8, 9 * gib / 8}, {28672, 8192, 8, 9 * gib / 8}, {8192, 8192, 8, 9 * gib / 8},
+		{1024, 8192, 8, 9 * gib / 8},
+		{8192, 28672, 16, 9 * gib / 8}, {8192, 28672, 32, 9 * gib / 8}, {8192, 28672, 64, 9 * gib / 8},
+		{16384, 53248, 16, 5 * gib / 2}, {53248, 16384, 16, 5 * gib / 2},
+	} {
+		opt := Options{Ratio: tc.ratio, GroupSize: 128}
+		got := Memory(tc.rows, tc.cols, 4, opt, false)
+		sym := Memory(tc.rows, tc.cols, 4, Options{Ratio: tc.ratio}, true)
+		t.Logf("%d x %d at ratio %g: %.0f MiB, sym %.0f MiB", tc.rows, tc.cols, tc.ratio, float64(got)/(1<<20), float64(sym)/(1<<20))
+		// The symmetric grid holds its dequantized vectors beside the factors.
+		assert.GreaterOrEqual(t, sym, got)
+		assert.LessOrEqual(t, got, tc.most, "%d x %d at ratio %g", tc.rows, tc.cols, tc.ratio)
+		if !linalg.Streamed(tc.rows, tc.cols) {
+			assert.Greater(t, got, 4*int64(tc.rows)*int64(tc.cols), "the whole delta")
+		}
+	}
+}

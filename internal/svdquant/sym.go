@@ -55,11 +55,22 @@ func SVDRankSym(rows, cols, g int, budget int64) int {
 // into u's scales, then opt.Refit rounds of alternating least squares
 // (refit), keeping the round of least error.
 func EncodeSym(delta []float32, rows, cols int, opt Options) (*EncodedSym, error) {
+	return EncodeSymMatrix(&linalg.Dense{Data: delta, Rows: rows, Cols: cols}, opt)
+}
+
+// EncodeSymMatrix is EncodeSym for a delta read through a linalg.Matrix,
+// streamed as EncodeMatrix streams it: the same bits as EncodeSym for the
+// same entries.
+func EncodeSymMatrix(delta linalg.Matrix, opt Options) (*EncodedSym, error) {
 	if opt.GroupSize < 0 || opt.Refit < 0 || opt.Refit > MaxRefit {
 		return nil, fmt.Errorf("group size %d or refit rounds %d out of range", opt.GroupSize, opt.Refit)
 	}
+	delta, err := wholeUnlessStreamed(delta)
+	if err != nil {
+		return nil, err
+	}
 	e := &EncodedSym{}
-	p, err := planPairs(delta, rows, cols, opt, true, &e.Record.LowRank)
+	p, err := planPairs(delta, opt, true, &e.Record.LowRank)
 	if err != nil || p == nil {
 		return e, err
 	}
@@ -71,7 +82,11 @@ func EncodeSym(delta []float32, rows, cols int, opt Options) (*EncodedSym, error
 	u, v, round := rf.run(opt.Refit)
 	e.Record.Refit, e.Record.RefitRound = opt.Refit, round
 	e.SymFactors = assemble(u, v, p.bits)
-	e.Record.RelError = math.Sqrt(decodedResidualSq(delta, rows, cols, len(p.bits), u.deq, v.deq) / p.normSq)
+	errSq, err := decodedResidualSq(delta, len(p.bits), u.deq, v.deq)
+	if err != nil {
+		return nil, err
+	}
+	e.Record.RelError = math.Sqrt(errSq / p.normSq)
 	return e, nil
 }
 

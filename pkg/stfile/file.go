@@ -133,6 +133,23 @@ func (f *File) Release(name string) {
 	release(f.buf[f.dataOff+t.Offset : f.dataOff+t.Offset+t.Size])
 }
 
+// ReleaseRange is Release for bytes [off, off+n) of the named tensor's data
+// only (the whole pages inside them), so that a pass over one large tensor
+// keeps only the part it reads resident. Out-of-range bounds are clipped;
+// unknown names and Files not opened with Open are ignored.
+func (f *File) ReleaseRange(name string, off, n int64) {
+	i, ok := f.byName[name]
+	if !ok || f.buf == nil || f.unmap == nil {
+		return
+	}
+	t := f.tensors[i]
+	lo, hi := max(off, 0), min(off+n, t.Size)
+	if lo >= hi {
+		return
+	}
+	release(f.buf[f.dataOff+t.Offset+lo : f.dataOff+t.Offset+hi])
+}
+
 // Path returns the path the File was opened or parsed with.
 func (f *File) Path() string { return f.path }
 
