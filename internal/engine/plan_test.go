@@ -134,10 +134,7 @@ func TestPlanMemoryBounded(t *testing.T) {
 		grid            string
 	}{
 		{"70B ratio 8, grid asym", 8192, 28672, 1024, 8, 0, 2 * gib, 1, GridAsym},
-		// The symmetric grid holds its dequantized vectors beside the SVD's
-		// factors: at ratio 8 that is above the 2 GiB aimed at (issue 17).
-		// This bound keeps it from growing further.
-		{"70B ratio 8", 8192, 28672, 1024, 8, 0, 9 * gib / 4, 1, ""},
+		{"70B ratio 8", 8192, 28672, 1024, 8, 0, 2 * gib, 1, ""},
 		{"70B ratio 16", 8192, 28672, 1024, 16, 0, 2 * gib, 1, ""},
 		{"70B ratio 64", 8192, 28672, 1024, 64, 0, 2 * gib, 1, ""},
 		{"70B ratio 16, 8 GiB", 8192, 28672, 1024, 16, 8 * gib, 4 * gib, 2, ""},

@@ -785,9 +785,9 @@ func WorkingSetBytes(rows, cols int) int64 {
 // and its eigensolver's workspace, the factors, and the residual's decoded
 // factors. The estimate counts buffers, not the collector's headroom.
 //
-// sym is EncodeSymMatrix's estimate: its rank (SVDRankSym), and the
-// dequantized vectors it holds beside the factors while quantizing,
-// refitting and measuring the residual.
+// sym is EncodeSymMatrix's estimate: its rank (SVDRankSym), and with a
+// refit (opt.Refit > 0) the dequantized vectors it holds beside the
+// factors (without one it quantizes the factors in place).
 func Memory(rows, cols, elemBytes int, opt Options, sym bool) int64 {
 	m, n := int64(rows), int64(cols)
 	short, long := min(m, n), max(m, n)
@@ -839,8 +839,8 @@ func Memory(rows, cols, elemBytes int, opt Options, sym bool) int64 {
 	// Quantizing holds the factors and the codes; the residual the codes,
 	// the decoded factors and two blocks of rows.
 	quantized := factors + codes
-	if sym {
-		quantized += factors // the dequantized u and v
+	if sym && opt.Refit > 0 {
+		quantized += factors // the dequantized u and v beside the factors
 	}
 	steps = max(steps, quantized, quantized+2*4*int64(min(blockRows, rows))*n)
 	return held + steps

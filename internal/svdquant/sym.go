@@ -103,9 +103,18 @@ type side struct {
 // quantizeSide quantizes the k vectors of x (row-major k x n) at their
 // widths on symmetric grids of group g, on up to workers goroutines; each
 // vector is independent, so the result does not depend on the schedule.
-func quantizeSide(x []float32, n int, bits []int, g, workers int) *side {
+//
+// With inPlace the dequantized vectors overwrite x (each vector is read
+// whole before its own values are written): the memory of a second copy of
+// the factors is spared where x is not needed afterwards.
+func quantizeSide(x []float32, n int, bits []int, g, workers int, inPlace bool) *side {
 	k := len(bits)
-	s := &side{n: n, codes: make([][]uint8, k), scales: make([][]uint16, k), deq: make([]float32, k*n)}
+	s := &side{n: n, codes: make([][]uint8, k), scales: make([][]uint16, k)}
+	if inPlace {
+		s.deq = x[:k*n]
+	} else {
+		s.deq = make([]float32, k*n)
+	}
 	par.For(k, workers, func() struct{} { return struct{}{} }, func(_ struct{}, j int) {
 		xj := x[j*n : (j+1)*n]
 		s.codes[j] = make([]uint8, n)
@@ -223,16 +232,23 @@ func (rf *refitter) sqErr(su, sv stats) float64 {
 // round they come from.
 func (rf *refitter) run(rounds int) (u, v *side, round int) {
 	svd, k := rf.svd, len(rf.bits)
-	us := make([]float32, k*svd.Rows)
+	// Without a refit the SVD's factors are not read again: U·S and V are
+	// quantized in place, and a 70B-class projection holds one copy of its
+	// factors instead of two.
+	inPlace := rounds == 0
+	us := svd.U[:k*svd.Rows]
+	if !inPlace {
+		us = make([]float32, k*svd.Rows)
+	}
 	for j := range k {
 		src, s := svd.LeftVec(j), svd.S[j]
 		for i, x := range src {
 			us[j*svd.Rows+i] = x * s
 		}
 	}
-	u = quantizeSide(us, svd.Rows, rf.bits, rf.g, rf.workers)
-	v = quantizeSide(svd.V[:k*svd.Cols], svd.Cols, rf.bits, rf.g, rf.workers)
-	if rounds == 0 {
+	u = quantizeSide(us, svd.Rows, rf.bits, rf.g, rf.workers, inPlace)
+	v = quantizeSide(svd.V[:k*svd.Cols], svd.Cols, rf.bits, rf.g, rf.workers, inPlace)
+	if inPlace {
 		return u, v, 0
 	}
 	su, sv := rf.stats(u, svd.U), rf.stats(v, svd.V)
@@ -243,13 +259,13 @@ func (rf *refitter) run(rounds int) (u, v *side, round int) {
 		if !ok {
 			break
 		}
-		cu = quantizeSide(a, svd.Rows, rf.bits, rf.g, rf.workers)
+		cu = quantizeSide(a, svd.Rows, rf.bits, rf.g, rf.workers, false)
 		su = rf.stats(cu, svd.U)
 		b, ok := rf.solve(su, svd.V, svd.Cols)
 		if !ok {
 			break
 		}
-		cv = quantizeSide(b, svd.Cols, rf.bits, rf.g, rf.workers)
+		cv = quantizeSide(b, svd.Cols, rf.bits, rf.g, rf.workers, false)
 		sv = rf.stats(cv, svd.V)
 		if e := rf.sqErr(su, sv); e < best {
 			best, u, v, round = e, cu, cv, r
