@@ -62,6 +62,18 @@ func symEigTop(n, k int, a, w, z []float64) bool {
 // eigensolver did not converge.
 func symEigDense32(n, k int, a, z []float32) bool { return symEigFloat64(n, k, a, z) }
 
+// symEigTopRows32 leaves the top k eigenvectors of the symmetric row-major
+// float32 n x n matrix a (upper triangle read) in its first k rows, largest
+// first: symEigDense32, then its n x k result transposed into a.
+func symEigTopRows32(n, k int, a []float32) bool {
+	z := make([]float32, n*k)
+	if !symEigDense32(n, k, a, z) {
+		return false
+	}
+	copy(a, transpose(z, n, k, k))
+	return true
+}
+
 // Kernel names the kernels of this build's BLAS: gonum's pure-Go ones,
 // the same on every CPU of an architecture.
 func Kernel() string { return "gonum" }

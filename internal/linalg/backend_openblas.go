@@ -6,6 +6,8 @@ package linalg
 #cgo LDFLAGS: -lopenblas -llapacke
 void openblas_set_num_threads(int);
 char* openblas_get_corename(void);
+int LAPACKE_ssyevd_work(int layout, char jobz, char uplo, int n, float* a, int lda,
+	float* w, float* work, int lwork, int* iwork, int liwork);
 */
 import "C"
 
@@ -121,20 +123,54 @@ func symEigDense32(n, k int, a, z []float32) bool {
 	if k == 0 {
 		return true
 	}
-	vals := make([]float32, n)
-	work, iwork := []float32{0}, []int32{0}
-	lapacke.Ssyevd('V', 'U', n, a, n, vals, work, -1, iwork, -1)
-	work, iwork = make([]float32, lworkFromQuery32(work[0])), make([]int32, iwork[0])
-	if !lapacke.Ssyevd('V', 'U', n, a, n, vals, work, len(work), iwork, len(iwork)) {
+	if !symEigRows32(n, a) {
 		return false
 	}
-	// Ascending eigenvalues, eigenvectors in the columns of a.
-	for i := range n {
-		row := a[i*n : (i+1)*n]
-		for j := range k {
-			z[i*k+j] = row[n-1-j]
+	for j := range k {
+		row := a[j*n : (j+1)*n]
+		for i, x := range row {
+			z[i*k+j] = x
 		}
 	}
+	return true
+}
+
+// symEigTopRows32 leaves the top k eigenvectors of the symmetric row-major
+// float32 n x n matrix a (upper triangle read) in its first k rows, largest
+// first: symEigRows32, which computes them all in place.
+func symEigTopRows32(n, _ int, a []float32) bool { return symEigRows32(n, a) }
+
+// symEigRows32 computes all eigenvectors of the symmetric row-major float32
+// n x n matrix a (upper triangle read) in place: row j of a becomes the
+// eigenvector of the j-th largest eigenvalue. It calls ssyevd in column-major
+// layout on a with its upper triangle mirrored into the lower one, which is
+// the upper triangle column-major ssyevd reads: the same values and the same
+// computation as row-major LAPACKE_ssyevd, without the n x n transposed copy
+// that LAPACKE allocates in C memory on each side of the call (256 MiB for
+// the 8192 x 8192 Gram matrix of a 70B-class MLP matrix at ratio 8, outside
+// the Go runtime's memory limit). Column-major eigenvectors are rows of the
+// row-major view, ascending; the rows are then reversed in place. It reports
+// false if the eigensolver did not converge.
+func symEigRows32(n int, a []float32) bool {
+	if n == 0 {
+		return true
+	}
+	mirrorUpper(a, n)
+	const colMajor = 102 // LAPACK_COL_MAJOR
+	vals := make([]float32, n)
+	work, iwork := []float32{0}, []int32{0}
+	call := func(lwork, liwork int) bool {
+		return C.LAPACKE_ssyevd_work(colMajor, 'V', 'U', C.int(n), (*C.float)(&a[0]), C.int(n),
+			(*C.float)(&vals[0]), (*C.float)(&work[0]), C.int(lwork), (*C.int)(&iwork[0]), C.int(liwork)) == 0
+	}
+	if !call(-1, -1) {
+		return false
+	}
+	work, iwork = make([]float32, lworkFromQuery32(work[0])), make([]int32, iwork[0])
+	if !call(len(work), len(iwork)) {
+		return false
+	}
+	reverseRows(a, n)
 	return true
 }
 

@@ -193,3 +193,31 @@ func MulT(dst, a []float32, lda int, b []float32, m, k, n int, acc bool) {
 	}
 	gemm32ab(blas.Trans, blas.NoTrans, m, n, k, 1, a, lda, b, n, beta, dst, n)
 }
+
+// mirrorUpper copies the upper triangle of the row-major n x n matrix a into
+// its lower triangle, tile by tile, so that a holds the whole symmetric
+// matrix.
+func mirrorUpper[T float32 | float64](a []T, n int) {
+	for i0 := 0; i0 < n; i0 += transposeTile {
+		for j0 := 0; j0 <= i0; j0 += transposeTile {
+			for i := i0; i < min(i0+transposeTile, n); i++ {
+				row := a[i*n : i*n+i]
+				for j := j0; j < min(j0+transposeTile, i); j++ {
+					row[j] = a[j*n+i]
+				}
+			}
+		}
+	}
+}
+
+// reverseRows reverses the order of the rows of the row-major n x n matrix a
+// in place.
+func reverseRows[T float32 | float64](a []T, n int) {
+	tmp := make([]T, n)
+	for i := range n / 2 {
+		top, bottom := a[i*n:(i+1)*n], a[(n-1-i)*n:(n-i)*n]
+		copy(tmp, top)
+		copy(top, bottom)
+		copy(bottom, tmp)
+	}
+}

@@ -20,12 +20,8 @@ func randomizedGram(p *panels, rank, b, depth int, seed uint64) (*SVD, string, e
 	if err != nil {
 		return nil, "", err
 	}
-	p.release()            // the panels are read again for the right vectors only
-	for i := range short { // mirror the upper triangle for plain products
-		for j := range i {
-			g[i*short+j] = g[j*short+i]
-		}
-	}
+	p.release()           // the panels are read again for the right vectors only
+	mirrorUpper(g, short) // both triangles, for plain products
 	if top, ok := gramInRange(g, short); !ok {
 		if top == 0 {
 			zero, err := allZeroMatrix(p)
@@ -113,20 +109,24 @@ func ritz(g []float32, n, rank, b, depth int, seed uint64) (us []float32, fallba
 // large rank: ratio 8 on a 70B-class MLP matrix). In float32 it resolves
 // singular values down to about sqrt(ε₃₂)·s₀, as the Krylov route does,
 // and holds n² floats where the exact route would hold the matrix in
-// float64; broke is ritz's (fallback stays empty: a failure hands the
-// matrix to the exact route).
+// float64; the vectors are g's first rows, no copy of them is made. broke
+// is ritz's (fallback stays empty: a failure hands the matrix to the exact
+// route).
 func fullSpace(g []float32, n, rank int) (us []float32, fallback, broke string) {
-	z := make([]float32, n*rank)
-	if !ritzEig32(n, rank, g, z) || !allFinite(z) {
+	if !fullEig32(n, rank, g) || !allFinite(g[:rank*n]) {
 		return nil, "", fmt.Sprintf("float32 eigensolver failed on the %d x %d Gram matrix", n, n)
 	}
-	return transpose(z, n, rank, rank), "", ""
+	return g[: rank*n : rank*n], "", ""
 }
 
 // The eigensolvers of the Rayleigh–Ritz step, in float32 and in float64
 // (see symEigDense32 and symEigFloat64); variables so that tests can make
 // them fail.
 var ritzEig32, ritzEig64 = symEigDense32, symEigFloat64
+
+// fullEig32 leaves the top k eigenvectors of the symmetric n x n matrix a
+// (upper triangle read) in its first k rows, largest first (fullSpace).
+var fullEig32 = symEigTopRows32
 
 // symEigFloat64 is symEigDense32 computed in float64: symEigTop on a
 // float64 copy of a, rounded back to float32. It is the float32
