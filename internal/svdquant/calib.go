@@ -89,15 +89,8 @@ func calibrate(delta linalg.Matrix, svd *linalg.SVD, bits []int, g, workers int,
 	if err != nil {
 		return nil, nil, err
 	}
-	at := make([]float64, k*rows)
-	for i, x := range pt {
-		at[i] = float64(x)
-	}
-	g64 := make([]float64, k*k)
-	for i, x := range gv {
-		g64[i] = float64(x)
-	}
-	if !linalg.SolveSPD(g64, k, at, rows) {
+	at, g64 := make([]float64, k*rows), make([]float64, k*k)
+	if !refitA(at, g64, pt, gv, k) {
 		return u, v, nil
 	}
 	// 3. GPTQ on A: vector by vector, the error of each propagated to the
@@ -119,6 +112,33 @@ func calibrate(delta linalg.Matrix, svd *linalg.SVD, bits []int, g, workers int,
 		return cu, cv, nil
 	}
 	return u, v, nil
+}
+
+// refitA solves G·Aᵀ = Pᵀ into at (k x rows), g64 its k x k scratch.
+// Qv's rows can be nearly dependent (two 1-bit vectors), making G singular
+// in float32: the solve is then retried on G + λI, λ = dampFrac times G's
+// mean diagonal, a ridge least squares. It reports false when both fail.
+func refitA(at, g64 []float64, pt, gv []float32, k int) bool {
+	for _, damp := range []float64{0, dampFrac} {
+		var mean float64
+		for i := range k {
+			mean += float64(gv[i*k+i])
+		}
+		mean /= float64(k)
+		for i, x := range gv {
+			g64[i] = float64(x)
+		}
+		for i := range k {
+			g64[i*k+i] += damp * mean
+		}
+		for i, x := range pt {
+			at[i] = float64(x)
+		}
+		if linalg.SolveSPD(g64, k, at, len(pt)/k) {
+			return true
+		}
+	}
+	return false
 }
 
 // hNormSq returns tr(Delta H Deltaᵀ), a block of rows at a time, summed in
@@ -302,4 +322,16 @@ func gptqA(at []float64, rows int, bits []int, g, workers int, rg []float64) (*s
 		})
 	}
 	return s, true
+}
+
+// CalibrationMemory estimates the bytes the calibrated encode of a rows x
+// cols delta with opt holds beyond Memory's estimate: H expanded to
+// float32 (4·cols²) and the float64 Cholesky factor of its inverse
+// (8·cols²), then the k-wide products (Qv·H and Pᵀ in float32, Aᵀ in
+// float64) and the calibrated factors' codes and values. H of a site of
+// 11008 inputs alone is 1.4 GB this way.
+func CalibrationMemory(rows, cols int, opt Options) int64 {
+	m, n := int64(rows), int64(cols)
+	k := int64(SVDRankSym(rows, cols, opt.GroupSize, opt.budget(rows, cols)))
+	return 12*n*n + 4*k*n + 16*k*m + 5*k*(m+n)
 }
