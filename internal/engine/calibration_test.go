@@ -89,13 +89,19 @@ func writeStats(t *testing.T, sites map[string][]float32, tokens int, fingerprin
 // reconstruction's error against the fine-tune, and Σ tr(Delta H Deltaᵀ).
 func hWeighted(t *testing.T, m *archive.Manifest, sites map[string][]float32, rec string) (errSq, normSq float64) {
 	t.Helper()
+	return hWeightedPair(t, m, sites, tinyBase, tinyFT, rec)
+}
+
+// hWeightedPair is hWeighted for the pair base, ft.
+func hWeightedPair(t *testing.T, m *archive.Manifest, sites map[string][]float32, base, ft, rec string) (errSq, normSq float64) {
+	t.Helper()
 	open := func(p string) *checkpoint.Checkpoint {
 		c, err := checkpoint.Open(p)
 		require.NoError(t, err)
 		t.Cleanup(func() { c.Close() })
 		return c
 	}
-	cb, cf, cr := open(tinyBase), open(tinyFT), open(rec)
+	cb, cf, cr := open(base), open(ft), open(rec)
 	decode := func(c *checkpoint.Checkpoint, name string) []float32 {
 		tt, _ := c.Tensor(name)
 		d, err := c.Data(name)
