@@ -11,8 +11,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/deltacome/deltacome/internal/checkpoint"
-	"github.com/deltacome/deltacome/internal/dtype"
 	"github.com/deltacome/deltacome/internal/linalg"
 	"github.com/deltacome/deltacome/pkg/archive"
 )
@@ -25,22 +23,14 @@ import (
 // transformers.
 func llamaStats(t *testing.T, path string, windows [][]byte, heads, kvHeads int, eps float64) map[string][]float32 {
 	t.Helper()
-	c, err := checkpoint.Open(path)
-	require.NoError(t, err)
-	defer c.Close()
+	c := openForTest(t, path)
 	weights := map[string][]float32{}
 	get := func(name string) []float32 {
 		if w, ok := weights[name]; ok {
 			return w
 		}
-		tt, ok := c.Tensor(name)
-		require.True(t, ok, name)
-		d, err := c.Data(name)
-		require.NoError(t, err)
-		out := make([]float32, len(d)/int(tt.DType.Size()))
-		require.NoError(t, dtype.Decode(out, d, tt.DType))
-		weights[name] = out
-		return out
+		weights[name] = decodeForTest(t, c, name)
+		return weights[name]
 	}
 	embT, _ := c.Tensor("model.embed_tokens.weight")
 	hidden := int(embT.Shape[1])

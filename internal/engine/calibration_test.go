@@ -1,13 +1,11 @@
 package engine
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -16,36 +14,11 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/deltacome/deltacome/internal/checkpoint"
-	"github.com/deltacome/deltacome/internal/dtype"
 	"github.com/deltacome/deltacome/internal/linalg"
 	"github.com/deltacome/deltacome/internal/svdquant"
+	"github.com/deltacome/deltacome/internal/synth"
 	"github.com/deltacome/deltacome/pkg/archive"
 )
-
-// syntheticGram returns H = XᵀX (n x n) for tokens x n inputs X: Gaussian
-// columns, every 16th scaled by 8, plus a direction all columns share: the
-// outlier features and correlations that make transformer inputs far from
-// white.
-func syntheticGram(rng *rand.Rand, n, tokens int) []float32 {
-	shared := make([]float64, n)
-	for j := range shared {
-		shared[j] = rng.NormFloat64()
-	}
-	xt := make([]float32, n*tokens) // Xᵀ, one input per row
-	for t := range tokens {
-		z := rng.NormFloat64()
-		for j := range n {
-			v := rng.NormFloat64() + z*shared[j]
-			if j%16 == 0 {
-				v *= 8
-			}
-			xt[j*tokens+t] = float32(v)
-		}
-	}
-	h := make([]float32, n*n)
-	linalg.Gram(h, xt, n, tokens)
-	return h
-}
 
 // calibSites returns synthetic statistics for every site of the 2-D
 // weights of the checkpoint at path (full matrices, by site), measured on
@@ -64,7 +37,7 @@ func calibSites(t *testing.T, path string, tokens int, seed uint64) map[string][
 			continue
 		}
 		if _, ok := sites[site]; !ok {
-			sites[site] = syntheticGram(rng, int(tt.Shape[1]), tokens)
+			sites[site] = synth.Gram(rng, int(tt.Shape[1]), tokens)
 		}
 	}
 	return sites
@@ -95,21 +68,8 @@ func hWeighted(t *testing.T, m *archive.Manifest, sites map[string][]float32, re
 // hWeightedPair is hWeighted for the pair base, ft.
 func hWeightedPair(t *testing.T, m *archive.Manifest, sites map[string][]float32, base, ft, rec string) (errSq, normSq float64) {
 	t.Helper()
-	open := func(p string) *checkpoint.Checkpoint {
-		c, err := checkpoint.Open(p)
-		require.NoError(t, err)
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
-	cb, cf, cr := open(base), open(ft), open(rec)
-	decode := func(c *checkpoint.Checkpoint, name string) []float32 {
-		tt, _ := c.Tensor(name)
-		d, err := c.Data(name)
-		require.NoError(t, err)
-		out := make([]float32, len(d)/int(tt.DType.Size()))
-		require.NoError(t, dtype.Decode(out, d, tt.DType))
-		return out
-	}
+	cb, cf, cr := openForTest(t, base), openForTest(t, ft), openForTest(t, rec)
+	decode := func(c *checkpoint.Checkpoint, name string) []float32 { return decodeForTest(t, c, name) }
 	quad := func(e, h []float32, rows, cols int) float64 { // tr(E H Eᵀ)
 		eh := make([]float32, rows*cols)
 		linalg.Mul(eh, e, h, rows, cols, cols)
@@ -218,24 +178,6 @@ func TestCalibratedCompress(t *testing.T) {
 	}
 }
 
-func TestCalibratedDeterministicAcrossWorkers(t *testing.T) {
-	ctx := context.Background()
-	stats := writeStats(t, calibSites(t, tinyFT, 1024, 5), 1024, "")
-	dir := t.TempDir()
-	var archives [][]byte
-	for _, w := range []int{1, 3} {
-		opt := deltaOpts(t, 16, "auto")
-		opt.Workers, opt.Overwrite, opt.Calibration = w, true, stats
-		arch := filepath.Join(dir, "a.dcm")
-		_, err := Compress(ctx, tinyBase, tinyFT, arch, opt)
-		require.NoError(t, err)
-		b, err := os.ReadFile(arch)
-		require.NoError(t, err)
-		archives = append(archives, b)
-	}
-	assert.True(t, bytes.Equal(archives[0], archives[1]), "workers 1 vs 3")
-}
-
 // TestCalibrationMissingSites checks that projections without a site are
 // compressed data-free, recorded and warned about, and that a fingerprint
 // of another checkpoint is a warning.
@@ -283,7 +225,7 @@ func TestCalibrationRefused(t *testing.T) {
 		tensor string
 	}{
 		{"wrong width", func(s map[string][]float32, _ map[string]string) {
-			s[site] = syntheticGram(rand.New(rand.NewPCG(1, 1)), 100, 200)
+			s[site] = synth.Gram(rand.New(rand.NewPCG(1, 1)), 100, 200)
 		}, site},
 		{"unknown site", func(s map[string][]float32, _ map[string]string) { s["model.layers.9.mlp.down_proj"] = s[site] }, "model.layers.9.mlp.down_proj"},
 		{"NaN", func(s map[string][]float32, _ map[string]string) { s[site][5] = float32(math.NaN()) }, site},

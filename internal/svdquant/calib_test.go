@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"runtime"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -12,39 +11,8 @@ import (
 
 	"github.com/deltacome/deltacome/internal/linalg"
 	"github.com/deltacome/deltacome/internal/quant"
+	"github.com/deltacome/deltacome/internal/synth"
 )
-
-// testGram returns H = XᵀX (n x n, float32) for tokens x n inputs X whose
-// columns are Gaussian, heavy columns (every 16th) scaled by 8, plus one
-// direction shared by all columns: the outlier features and correlations
-// of transformer activations that make H far from a multiple of I.
-func testGram(rng *rand.Rand, n, tokens int) []float32 {
-	shared := make([]float64, n)
-	for j := range shared {
-		shared[j] = rng.NormFloat64()
-	}
-	h := make([]float64, n*n)
-	x := make([]float64, n)
-	for range tokens {
-		z := rng.NormFloat64()
-		for j := range x {
-			x[j] = rng.NormFloat64() + z*shared[j]
-			if j%16 == 0 {
-				x[j] *= 8
-			}
-		}
-		for i := range n {
-			for j := range n {
-				h[i*n+j] += x[i] * x[j]
-			}
-		}
-	}
-	out := make([]float32, n*n)
-	for i, v := range h {
-		out[i] = float32(v)
-	}
-	return out
-}
 
 // hErr returns tr(E H Eᵀ) / tr(D H Dᵀ) for E = D - hat, directly.
 func hErr(d, hat, h []float32, rows, cols int) float64 {
@@ -79,7 +47,7 @@ func TestEncodeSymCalibrated(t *testing.T) {
 		t.Run(fmt.Sprintf("%dx%d_g%d_r%g", tc.rows, tc.cols, tc.g, tc.ratio), func(t *testing.T) {
 			rng := rand.New(rand.NewPCG(uint64(tc.rows), 11))
 			delta := testDelta(rng, tc.rows, tc.cols, 48)
-			h := testGram(rng, tc.cols, 4*tc.cols)
+			h := synth.Gram(rng, tc.cols, 4*tc.cols)
 			opt := Options{Ratio: tc.ratio, GroupSize: tc.g, SVD: linalg.RouteExact}
 			free, err := EncodeSym(delta, tc.rows, tc.cols, opt)
 			require.NoError(t, err)
@@ -107,26 +75,6 @@ func TestEncodeSymCalibrated(t *testing.T) {
 			assert.InDelta(t, eFree, cal.Record.HRelErrorDataFree, traceTol)
 			assert.InDelta(t, eCal, cal.Record.HRelError, traceTol)
 		})
-	}
-}
-
-func TestEncodeSymCalibratedWorkersIdentical(t *testing.T) {
-	rng := rand.New(rand.NewPCG(5, 7))
-	const rows, cols = 200, 300
-	delta := testDelta(rng, rows, cols, 64)
-	h := testGram(rng, cols, 600)
-	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
-	var first *EncodedSym
-	for _, w := range []int{1, 2, 3} {
-		runtime.GOMAXPROCS(w)
-		enc, err := EncodeSym(delta, rows, cols, Options{Ratio: 8, SVD: linalg.RouteExact, Workers: w, Calibration: &Calibration{H: h}})
-		require.NoError(t, err)
-		if first == nil {
-			first = enc
-			continue
-		}
-		assert.Equal(t, first.SymFactors, enc.SymFactors, "workers %d", w)
-		assert.Equal(t, first.Record, enc.Record, "workers %d", w)
 	}
 }
 
