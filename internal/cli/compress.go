@@ -30,7 +30,10 @@ type compressOptions struct {
 	dryRun   bool
 	svd      string
 	force    bool
-	shard    string
+	// calibration is --calibration: the input statistics file, "" for
+	// none.
+	calibration string
+	shard       string
 	// maxMemory is --max-memory as given ("" for the default).
 	maxMemory string
 	// changed reports whether a flag was given on the command line; nil
@@ -52,6 +55,7 @@ func (o *compressOptions) addFlags(cmd *cobra.Command) {
 	f.BoolVarP(&o.dryRun, "dry-run", "n", false, "read the checkpoints' headers only, print the plan and the predicted archive size, write nothing (OUT may be omitted)")
 	f.BoolVarP(&o.force, "force", "f", false, "replace OUT if it exists (an input is never replaced)")
 	f.StringVar(&o.maxMemory, "max-memory", "", "memory to work within, such as 2GiB (default: 2 GiB up to 6 CPUs, 341 MiB more per CPU beyond): sizes the tensors encoded at once and the runtime's memory limit; a smaller cap is slower, never an error, and the archive is the same; --dry-run prints the expected peak")
+	f.StringVar(&o.calibration, "calibration", "", "input statistics (a safetensors file of Gram matrices per input site, made by scripts/calibrate.py; docs/CALIBRATION.md): each projection is also encoded with GPTQ and a least-squares refit weighted by its inputs, and keeps the result of lower output error (grid sym, --ratio only)")
 	f.StringVar(&o.shard, "shard", "", "write part i of n (i/n, counting from 1) of the archive to OUT: a cost-balanced share of the work; 'deltacome merge' joins the n parts (see Parts)")
 }
 
@@ -64,13 +68,13 @@ func (o *compressOptions) notApplying() (flags []string, why string) {
 	var ignored []string
 	switch {
 	case o.lossless:
-		ignored, why = []string{"ratio", "max-error", "budget", "method", "schedule", "group-size", "grid", "refit", "include", "exclude", "svd"}, "--lossless stores every tensor bit-exact"
+		ignored, why = []string{"ratio", "max-error", "budget", "method", "schedule", "group-size", "grid", "refit", "include", "exclude", "svd", "calibration"}, "--lossless stores every tensor bit-exact"
 	case o.method == engine.MethodBitDelta:
-		ignored, why = []string{"ratio", "max-error", "budget", "schedule", "group-size", "grid", "refit", "svd"}, "--method bitdelta stores one sign per weight and one scale, a fixed size"
+		ignored, why = []string{"ratio", "max-error", "budget", "schedule", "group-size", "grid", "refit", "svd", "calibration"}, "--method bitdelta stores one sign per weight and one scale, a fixed size"
 	case o.method == engine.MethodLowRank:
-		ignored, why = []string{"max-error", "budget", "schedule", "group-size", "grid", "refit", "svd"}, "--method lowrank keeps bf16 factors from the exact SVD at the --ratio budget"
+		ignored, why = []string{"max-error", "budget", "schedule", "group-size", "grid", "refit", "svd", "calibration"}, "--method lowrank keeps bf16 factors from the exact SVD at the --ratio budget"
 	case o.grid == engine.GridAsym:
-		ignored, why = []string{"refit"}, "--grid asym has no refit"
+		ignored, why = []string{"refit", "calibration"}, "--grid asym has no refit and no calibrated encode"
 	}
 	for _, f := range ignored {
 		if o.given(f) {
@@ -96,7 +100,7 @@ func (o *compressOptions) validate() (*engine.CompressOptions, error) {
 	if o.method == engine.MethodDeltaCoMe && !o.lossless {
 		eo.Grid = o.grid
 		if o.grid == engine.GridSym {
-			eo.Refit = o.refit
+			eo.Refit, eo.Calibration = o.refit, o.calibration
 		}
 	}
 	if flags, why := o.notApplying(); len(flags) > 0 {
@@ -124,6 +128,14 @@ func (o *compressOptions) validate() (*engine.CompressOptions, error) {
 			return nil, usageError{fmt.Errorf("--budget model cannot be combined with --shard: it chooses every projection's size from all of them")}
 		}
 		eo.Budget = o.budget
+	}
+	if o.calibration != "" {
+		switch {
+		case o.given("max-error"):
+			return nil, usageError{fmt.Errorf("--calibration cannot be combined with --max-error: the target is met on data-free errors; give --ratio")}
+		case o.given("budget") && o.budget == engine.BudgetModel:
+			return nil, usageError{fmt.Errorf("--calibration cannot be combined with --budget model: it spreads the bytes by data-free errors")}
+		}
 	}
 	eo.Overwrite = o.force
 	var err error
@@ -248,6 +260,17 @@ Trade-offs:
               (docs pair at ratio 16: 0.570 -> 0.556) but adds about a third
               to compress's CPU time on 7B-sized matrices; later rounds cost
               as much each and gain less (docs/FIDELITY.md).
+  --calibration STATS
+              input statistics of the fine-tune (scripts/calibrate.py; see
+              docs/CALIBRATION.md): each projection with an input site in
+              STATS is also encoded with its inputs' Gram matrix H (GPTQ on
+              the right vectors, a least-squares refit of U·S under H, GPTQ
+              on U·S), at the data-free widths and bytes, and keeps
+              whichever result has the lower output error tr(E H E^T).
+              Opt-in: statistics must be measured first, on text from the
+              fine-tune's own domain at best, and H costs memory (12 bytes
+              per input pair while its matrix is encoded). Grid sym and
+              --ratio only (not --max-error, not --budget model).
   --method    deltacome (default): the above, the smallest error at a given
               size. lowrank: the top-r singular vectors in bf16, r the
               largest rank within the --ratio budget, as LoRA extraction
@@ -302,7 +325,8 @@ GitHub Actions and xargs.` + exitCodesHelp,
   deltacome compress --dry-run --ratio 32 ./base ./ft
   deltacome compress --max-error 0.3 ./base ./ft ft.dcm
   deltacome compress --max-memory 3GiB ./llama-70b ./ft-70b ft-70b.dcm
-  deltacome compress --shard 2/8 ./base ./ft ft.part2.dcm`,
+  deltacome compress --shard 2/8 ./base ./ft ft.part2.dcm
+  deltacome compress --calibration ft-stats.safetensors ./base ./ft ft.dcm`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if o.dryRun && len(args) == 2 {
 				return nil

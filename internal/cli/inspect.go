@@ -12,6 +12,7 @@ import (
 
 	"github.com/deltacome/deltacome/internal/engine"
 	"github.com/deltacome/deltacome/internal/storage"
+	"github.com/deltacome/deltacome/internal/svdquant"
 	"github.com/deltacome/deltacome/pkg/archive"
 )
 
@@ -120,6 +121,9 @@ func renderInspect(out io.Writer, r *engine.Report) error {
 		}
 		fmt.Fprintf(out, "settings:  mode %s, %s, schedule %s, %s, svd %s\n", s.Mode, size, s.Schedule, grid, s.SVD)
 	}
+	if c := s.Calibration; c != nil {
+		fmt.Fprintf(out, "calibration: %s, %d tokens of %s (sha256 %s), %d sites, measured on %s\n", c.File, c.Tokens, c.Text, c.TextSHA256, c.Sites, c.Fingerprint)
+	}
 	if m.Base.Source != "" {
 		fmt.Fprintf(out, "base:      %s, %s (%d tensors)\n", m.Base.Source, m.Base.Fingerprint, len(m.Base.Tensors))
 	} else {
@@ -183,6 +187,9 @@ func renderInspect(out io.Writer, r *engine.Report) error {
 	if err := renderRoles(out, m); err != nil {
 		return err
 	}
+	if err := renderCalibration(out, s.Calibration, order); err != nil {
+		return err
+	}
 	_, err := fmt.Fprintf(out, "\narchive file: %s for %s of tensors: ratio %s (header and manifest: %s; exact byte counts: --json)\n",
 		size(r.Size), size(r.Totals.OrigBytes), ratioString(r.Totals.OrigBytes, r.Size), size(r.Size-r.Totals.StoredBytes-sideBytes(m)))
 	return err
@@ -218,4 +225,37 @@ func ratioString(orig, stored int64) string {
 		return "inf"
 	}
 	return fmt.Sprintf("%.2f", float64(orig)/float64(stored))
+}
+
+// renderCalibration prints, for an archive made with calibration
+// statistics, which result each projection kept and the H-weighted
+// relative errors of both (docs/CALIBRATION.md).
+func renderCalibration(out io.Writer, c *archive.Calibration, order []*archive.Tensor) error {
+	if c == nil {
+		return nil
+	}
+	fmt.Fprintln(out)
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "projection\tkept\tH-error\tdata-free H-error\t")
+	kept, total := 0, 0
+	for _, t := range order {
+		lr := t.LowRankSym
+		if lr == nil || lr.Calibration == "" {
+			continue
+		}
+		total++
+		hErr, free := "", ""
+		if lr.Calibration == svdquant.CalibKept || lr.Calibration == svdquant.CalibDataFree {
+			hErr, free = fmt.Sprintf("%.4f", lr.HRelError), fmt.Sprintf("%.4f", lr.HRelErrorDataFree)
+		}
+		if lr.Calibration == svdquant.CalibKept {
+			kept++
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t\n", t.Name, lr.Calibration, hErr, free)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintf(out, "calibrated encode kept for %d of %d projections\n", kept, total)
+	return err
 }

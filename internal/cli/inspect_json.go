@@ -57,6 +57,11 @@ type tensorJSON struct {
 	Budget      *int64         `json:"budget,omitempty"`
 	RelError    *float64       `json:"rel_error,omitempty"`
 	EnergyKept  *float64       `json:"energy_kept,omitempty"`
+	// Calibration, HRelError and HRelErrorDataFree are the lowrank-sym
+	// record's, in an archive made with calibration statistics.
+	Calibration       string   `json:"calibration,omitempty"`
+	HRelError         *float64 `json:"h_rel_error,omitempty"`
+	HRelErrorDataFree *float64 `json:"h_rel_error_data_free,omitempty"`
 }
 
 type totalsJSON struct {
@@ -168,6 +173,12 @@ func newInspectJSON(r *engine.Report) inspectJSON {
 		}
 		rep := report(t)
 		tj.Rank, tj.Bands, tj.Budget, tj.EnergyKept = rep.Rank, rep.Bands, rep.Budget, rep.EnergyKept
+		if lr := t.LowRankSym; lr != nil && lr.Calibration != "" {
+			tj.Calibration = lr.Calibration
+			if lr.HRelErrorDataFree > 0 {
+				tj.HRelError, tj.HRelErrorDataFree = &lr.HRelError, &lr.HRelErrorDataFree
+			}
+		}
 		res.Tensors = append(res.Tensors, tj)
 	}
 	res.HeaderBytes = r.Size - all.stored - sideBytes(m)

@@ -70,6 +70,12 @@ type CompressOptions struct {
 	// SVD selects the truncated SVD route of each projection (zero value:
 	// auto, see linalg.Route); recorded as Settings.SVD.
 	SVD linalg.Route
+	// Calibration is the path of input statistics (docs/CALIBRATION.md);
+	// "" means data-free. With it each projection with an input site in
+	// the statistics also gets the calibrated encode on GridSym, and keeps
+	// whichever result has the lower H-weighted error. Not with MaxError
+	// or BudgetModel.
+	Calibration string
 	// Select picks the tensors to low-rank compress.
 	Select *Selector
 	// Workers bounds the tensors processed at once; < 1 sizes the pool
@@ -97,6 +103,8 @@ type CompressOptions struct {
 	// target is the budget of each lossy tensor chosen by the first pass
 	// (MaxError or BudgetModel), set by Compress before it encodes.
 	target *targetPlan
+	// calib is the opened Calibration, set by Compress before it encodes.
+	calib *calibStats
 }
 
 // Summary totals a finished Compress.
@@ -150,6 +158,16 @@ func Compress(ctx context.Context, basePath, ftPath, outPath string, opt Compres
 	}
 	for _, w := range append(pairWarnings(base, ft, &opt), skippedWarnings(skipped)...) {
 		warn(w)
+	}
+	if opt.Calibration != "" {
+		var warns []Warning
+		if opt.calib, warns, err = openCalibration(opt.Calibration, base, ft, &opt); err != nil {
+			return nil, err
+		}
+		defer opt.calib.Close()
+		for _, w := range warns {
+			warn(w)
+		}
 	}
 	m, err := newManifest(ft, opt)
 	if err != nil {
@@ -233,6 +251,11 @@ func Compress(ctx context.Context, basePath, ftPath, outPath string, opt Compres
 	if err := opt.target.checkTarget(errSq, normSq); err != nil {
 		return nil, err
 	}
+	if opt.calib != nil && parts == nil {
+		if w, ok := opt.calib.modelWarning(m.Tensors); ok {
+			warn(w)
+		}
+	}
 
 	var mine func(string) bool // the base tensors this part records
 	if parts != nil {
@@ -294,8 +317,33 @@ func (opt *CompressOptions) validate() error {
 		if opt.Select == nil {
 			return errorf(ErrUsage, "no tensor selector")
 		}
+		if err := opt.validateCalibration(); err != nil {
+			return err
+		}
 	default:
 		return errorf(ErrUsage, "unknown mode %q", opt.Mode)
+	}
+	if opt.Mode != ModeDeltaCoMe && opt.Calibration != "" {
+		return errorf(ErrUsage, "calibration statistics apply to lossy compression only, not to mode %s", opt.Mode)
+	}
+	return nil
+}
+
+// validateCalibration refuses the combinations calibration does not
+// support: it is built for the symmetric grid of method deltacome at a
+// fixed ratio per matrix (an error target or a model budget would choose
+// budgets from data-free errors the calibrated encode then changes).
+func (opt *CompressOptions) validateCalibration() error {
+	switch {
+	case opt.Calibration == "":
+	case opt.method() != MethodDeltaCoMe:
+		return errorf(ErrUsage, "calibration statistics apply to method %s only, not %s", MethodDeltaCoMe, opt.method())
+	case opt.grid() != GridSym:
+		return errorf(ErrUsage, "calibration statistics apply to grid %s only: grid %s has no calibrated encode", GridSym, opt.grid())
+	case opt.MaxError > 0:
+		return errorf(ErrUsage, "calibration statistics cannot be combined with an error target: the target is met on data-free errors; give a ratio")
+	case opt.firstPass():
+		return errorf(ErrUsage, "calibration statistics cannot be combined with budget %s: it spreads bytes by data-free errors; use budget %s", BudgetModel, BudgetMatrix)
 	}
 	return nil
 }
@@ -329,6 +377,10 @@ func newManifest(ft *checkpoint.Checkpoint, opt CompressOptions) (*archive.Manif
 		m.Settings.Include = opt.Select.Include
 		m.Settings.Exclude = opt.Select.Exclude
 		opt.recordMethod(&m.Settings)
+		if opt.calib != nil {
+			c := opt.calib.record
+			m.Settings.Calibration = &c
+		}
 	}
 	for i, sh := range ft.Shards() {
 		m.Layout.Shards = append(m.Layout.Shards, archive.Shard{File: ft.ShardNames()[i], Header: string(sh.Header())})
@@ -414,6 +466,9 @@ func (e *encoded) storeLossy(data []byte, dt safetensors.DType, bdata []byte, bd
 			return errorf(ErrInput, "tensor %q: %w", e.rec.Name, err)
 		}
 		in.Source = inputRows{src}
+		if opt.calib != nil && k.Name == archive.KindLowRankSym {
+			return e.storeCalibrated(in, opt.calib)
+		}
 		return e.store(k.Name, in)
 	}
 	in.Delta = make([]float32, rows*cols)

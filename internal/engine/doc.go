@@ -12,6 +12,10 @@
 // complete. Memory is bounded by the tensors in flight: checkpoints are
 // memory-mapped and read on demand.
 //
+// Compress with calibration statistics (calibration.go, docs/CALIBRATION.md)
+// checks them against the fine-tune's layout before any work and hands each
+// projection the Gram matrix of its input site.
+//
 // Outputs never overwrite an input (output.go), and what a user should know
 // before trusting a result is reported as a Warning (warnings.go).
 //

@@ -330,20 +330,25 @@ func TestNonFiniteDeltaRefused(t *testing.T) {
 
 func TestDeterministicAcrossWorkers(t *testing.T) {
 	ctx := context.Background()
-	dir := t.TempDir()
-	var archives [][]byte
-	for _, w := range []int{1, 2, 3} {
-		opt := deltaOpts(t, 16, "auto")
-		opt.Workers, opt.Overwrite = w, true
-		arch := filepath.Join(dir, "a.dcm")
-		_, err := Compress(ctx, tinyBase, tinyFT, arch, opt)
-		require.NoError(t, err)
-		b, err := os.ReadFile(arch)
-		require.NoError(t, err)
-		archives = append(archives, b)
+	calibrated := deltaOpts(t, 16, "auto")
+	calibrated.Calibration = writeStats(t, calibSites(t, tinyFT, 1024, 5), 1024, "")
+	for name, opt := range map[string]CompressOptions{"data-free": deltaOpts(t, 16, "auto"), "calibrated": calibrated} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			var archives [][]byte
+			for _, w := range []int{1, 2, 3} {
+				opt.Workers, opt.Overwrite = w, true
+				arch := filepath.Join(dir, "a.dcm")
+				_, err := Compress(ctx, tinyBase, tinyFT, arch, opt)
+				require.NoError(t, err)
+				b, err := os.ReadFile(arch)
+				require.NoError(t, err)
+				archives = append(archives, b)
+			}
+			assert.True(t, bytes.Equal(archives[0], archives[1]), "workers 1 vs 2")
+			assert.True(t, bytes.Equal(archives[0], archives[2]), "workers 1 vs 3")
+		})
 	}
-	assert.True(t, bytes.Equal(archives[0], archives[1]), "workers 1 vs 2")
-	assert.True(t, bytes.Equal(archives[0], archives[2]), "workers 1 vs 3")
 }
 
 func TestOutDirNotEmptyRefused(t *testing.T) {

@@ -16,28 +16,34 @@ import (
 	"github.com/deltacome/deltacome/pkg/archive"
 )
 
+// openForTest opens the checkpoint at p, closed when the test ends.
+func openForTest(t *testing.T, p string) *checkpoint.Checkpoint {
+	t.Helper()
+	c, err := checkpoint.Open(p)
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// decodeForTest returns the named tensor of c in float32.
+func decodeForTest(t *testing.T, c *checkpoint.Checkpoint, name string) []float32 {
+	t.Helper()
+	tt, ok := c.Tensor(name)
+	require.True(t, ok, name)
+	d, err := c.Data(name)
+	require.NoError(t, err)
+	out := make([]float32, len(d)/int(tt.DType.Size()))
+	require.NoError(t, dtype.Decode(out, d, tt.DType))
+	return out
+}
+
 // aggErrorAgainstFT measures, from the reconstructed checkpoint itself,
 // sqrt(sum |W_rec - W_ft|^2 / sum |W_ft - W_base|^2) over the tensors the
 // archive stores as low rank.
 func aggErrorAgainstFT(t *testing.T, m *archive.Manifest, base, ft, rec string) float64 {
 	t.Helper()
-	open := func(p string) *checkpoint.Checkpoint {
-		c, err := checkpoint.Open(p)
-		require.NoError(t, err)
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
-	cb, cf, cr := open(base), open(ft), open(rec)
-	decode := func(c *checkpoint.Checkpoint, name string) []float32 {
-		tt, ok := c.Tensor(name)
-		require.True(t, ok, name)
-		d, err := c.Data(name)
-		require.NoError(t, err)
-		n := len(d) / int(tt.DType.Size())
-		out := make([]float32, n)
-		require.NoError(t, dtype.Decode(out, d, tt.DType))
-		return out
-	}
+	cb, cf, cr := openForTest(t, base), openForTest(t, ft), openForTest(t, rec)
+	decode := func(c *checkpoint.Checkpoint, name string) []float32 { return decodeForTest(t, c, name) }
 	var errSq, normSq float64
 	for _, r := range m.Tensors {
 		if !archive.KindLossy(r.Kind) {

@@ -36,6 +36,8 @@ func TestShardMergeByteIdentical(t *testing.T) {
 	require.NoError(t, err)
 	bitDelta := deltaOpts(t, 16, "auto")
 	bitDelta.Method = MethodBitDelta
+	calibrated := lossy
+	calibrated.Calibration = writeStats(t, calibSites(t, tinyFT, 512, 2), 512, "")
 	shardedBase, shardedFT := shardedCopy(t, tinyBase, 2), shardedCopy(t, tinyFT, 3)
 	cases := []struct {
 		name     string
@@ -43,6 +45,7 @@ func TestShardMergeByteIdentical(t *testing.T) {
 		opt      CompressOptions
 	}{
 		{"lossy", tinyBase, tinyFT, lossy},
+		{"lossy, calibrated", tinyBase, tinyFT, calibrated},
 		{"lossless", tinyBase, tinyFT, losslessOpts()},
 		{"sharded checkpoints, lossy", shardedBase, shardedFT, lossy},
 		{"sharded checkpoints, lossless", shardedBase, shardedFT, losslessOpts()},

@@ -36,6 +36,17 @@ const (
 	// weight file in another format, a file over the size caps, a
 	// subfolder, a file that is not regular). Subject names it.
 	WarnSkippedFile = "skipped-file"
+	// WarnThinCalibration: the calibration statistics were measured on
+	// fewer tokens than calibration needs to help (docs/CALIBRATION.md).
+	// Subject names the statistics file.
+	WarnThinCalibration = "thin-calibration"
+	// WarnNoCalibrationSite: projections have no input site in the
+	// calibration statistics; they are compressed data-free.
+	WarnNoCalibrationSite = "no-calibration-site"
+	// WarnCalibrationModel: the calibration statistics record another
+	// checkpoint's fingerprint than the fine-tune's (of the same layout),
+	// or none. Subject names the statistics file.
+	WarnCalibrationModel = "calibration-model"
 )
 
 // Warning is something the user should know before trusting a result:

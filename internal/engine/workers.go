@@ -120,7 +120,11 @@ func tensorMemory(base, ft *checkpoint.Checkpoint, name string, opt *CompressOpt
 			o.Ratio = svdquant.LadderMinRatio
 		}
 	}
-	return whole + svdquant.Memory(rows, cols, int(t.DType.Size()+bt.DType.Size()), o, opt.grid() == GridSym)
+	var calib int64
+	if opt.Calibration != "" && opt.grid() == GridSym {
+		calib = svdquant.CalibrationMemory(rows, cols, o)
+	}
+	return whole + calib + svdquant.Memory(rows, cols, int(t.DType.Size()+bt.DType.Size()), o, opt.grid() == GridSym)
 }
 
 // setMemoryLimit sets the runtime's soft memory limit to 7/8 of the cap

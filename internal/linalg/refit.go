@@ -62,3 +62,28 @@ func Gram(dst, x []float32, m, k int) {
 		}
 	}
 }
+
+// InvCholUpper overwrites h (row-major n x n symmetric positive definite,
+// its upper triangle read) with the upper-triangular R of H⁻¹ = Rᵀ·R, the
+// lower triangle zeroed: the factor GPTQ propagates rounding errors with
+// (Frantar et al., arXiv 2210.17323, section 3, step 3). In float64 on one
+// core. It reports false, leaving h unspecified, when h is not numerically
+// positive definite.
+func InvCholUpper(h []float64, n int) bool {
+	if len(h) != n*n {
+		panic(fmt.Sprintf("linalg: InvCholUpper: %d x %d matrix: %d values", n, n, len(h)))
+	}
+	if n == 0 {
+		return true
+	}
+	if !lapackImpl.Dpotrf(blas.Upper, n, h, n) || !lapackImpl.Dpotri(blas.Upper, n, h, n) {
+		return false
+	}
+	if !lapackImpl.Dpotrf(blas.Upper, n, h, n) {
+		return false
+	}
+	for i := 1; i < n; i++ {
+		clear(h[i*n : i*n+i])
+	}
+	return true
+}

@@ -219,3 +219,18 @@ func encodeSym(x []float32, sBits uint16, maxQ float64, codes []uint8) {
 		codes[i] = uint8(symCode(v, inv, maxQ))
 	}
 }
+
+// RoundSym returns the code of v on the symmetric grid of bf16 half step
+// scale and 2^bits levels, round to nearest as QuantizeSym rounds, and the
+// value DequantizeSym decodes it to. A zero scale gives code 0 and value 0.
+// It panics if bits is outside 1..MaxBits.
+func RoundSym(v float32, scale uint16, bits int) (code uint8, value float32) {
+	checkBits(bits)
+	s := dtype.Float32FromBF16(scale)
+	if s == 0 {
+		return 0, 0
+	}
+	maxQ := float64(int(1)<<bits - 1)
+	c := symCode(v, 1/float64(s), maxQ)
+	return uint8(c), float32(2*c-int(maxQ)) * s
+}

@@ -37,6 +37,10 @@ type Options struct {
 	// Refit is the number of alternating least-squares rounds EncodeSym
 	// runs after quantizing (0: none); Encode ignores it.
 	Refit int
+	// Calibration, when set, makes EncodeSym also run the calibrated
+	// encode with these input statistics and keep whichever result has
+	// the lower H-weighted error (see calibrate); Encode ignores it.
+	Calibration *Calibration
 	// SVD selects the truncated SVD route (the zero value is auto: see
 	// linalg.Route).
 	SVD linalg.Route

@@ -53,7 +53,9 @@ func SVDRankSym(rows, cols, g int, budget int64) int {
 // vector quantized on its own symmetric grid (quant.QuantizeSym, groups of
 // opt.GroupSize, 0 meaning the whole vector) with the singular value folded
 // into u's scales, then opt.Refit rounds of alternating least squares
-// (refit), keeping the round of least error.
+// (refit), keeping the round of least error. With opt.Calibration it then
+// runs the calibrated encode (calibrate) at the same widths and keeps the
+// result of lower H-weighted error.
 func EncodeSym(delta []float32, rows, cols int, opt Options) (*EncodedSym, error) {
 	return EncodeSymMatrix(&linalg.Dense{Data: delta, Rows: rows, Cols: cols}, opt)
 }
@@ -78,9 +80,14 @@ func EncodeSymMatrix(delta linalg.Matrix, opt Options) (*EncodedSym, error) {
 		e.Record.RelError = 1
 		return e, nil
 	}
-	rf := &refitter{svd: p.svd, bits: p.bits, g: opt.GroupSize, workers: opt.Workers}
+	rf := &refitter{svd: p.svd, bits: p.bits, g: opt.GroupSize, workers: opt.Workers, keep: opt.Calibration != nil}
 	u, v, round := rf.run(opt.Refit)
 	e.Record.Refit, e.Record.RefitRound = opt.Refit, round
+	if opt.Calibration != nil {
+		if u, v, err = calibrate(delta, p.svd, p.bits, opt.GroupSize, opt.Workers, opt.Calibration, u, v, &e.Record); err != nil {
+			return nil, err
+		}
+	}
 	e.SymFactors = assemble(u, v, p.bits)
 	errSq, err := decodedResidualSq(delta, len(p.bits), u.deq, v.deq)
 	if err != nil {
@@ -162,6 +169,9 @@ type refitter struct {
 	bits    []int
 	g       int
 	workers int
+	// keep leaves the SVD's factors as they are (calibrate reads them
+	// after run).
+	keep bool
 }
 
 // stats are the products of one quantized side with the SVD's basis of
@@ -235,7 +245,7 @@ func (rf *refitter) run(rounds int) (u, v *side, round int) {
 	// Without a refit the SVD's factors are not read again: U·S and V are
 	// quantized in place, and a 70B-class projection holds one copy of its
 	// factors instead of two.
-	inPlace := rounds == 0
+	inPlace := rounds == 0 && !rf.keep
 	us := svd.U[:k*svd.Rows]
 	if !inPlace {
 		us = make([]float32, k*svd.Rows)

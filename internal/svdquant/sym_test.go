@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"runtime"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/deltacome/deltacome/internal/alloc"
 	"github.com/deltacome/deltacome/internal/linalg"
+	"github.com/deltacome/deltacome/internal/synth"
 )
 
 func TestEncodeSymRoundTrip(t *testing.T) {
@@ -74,20 +76,32 @@ func TestEncodeSymBeatsAsym(t *testing.T) {
 	assert.LessOrEqual(t, sym1.Record.RelError, sym0.Record.RelError+1e-4)
 }
 
+// TestEncodeSymWorkersIdentical checks that the bytes do not depend on the
+// worker count nor on GOMAXPROCS, with a refit and with calibration.
 func TestEncodeSymWorkersIdentical(t *testing.T) {
 	rng := rand.New(rand.NewPCG(5, 6))
 	const rows, cols = 300, 700
 	delta := testDelta(rng, rows, cols, 64)
-	var first *EncodedSym
-	for _, w := range []int{1, 2, 3} {
-		enc, err := EncodeSym(delta, rows, cols, Options{Ratio: 4, SVD: linalg.RouteExact, Workers: w, Refit: 2})
-		require.NoError(t, err)
-		if first == nil {
-			first = enc
-			continue
-		}
-		assert.Equal(t, first.SymFactors, enc.SymFactors, "workers %d", w)
-		assert.Equal(t, first.Record, enc.Record, "workers %d", w)
+	for name, opt := range map[string]Options{
+		"refit":      {Ratio: 4, SVD: linalg.RouteExact, Refit: 2},
+		"calibrated": {Ratio: 8, SVD: linalg.RouteExact, Calibration: &Calibration{H: synth.Gram(rng, cols, 800)}},
+	} {
+		t.Run(name, func(t *testing.T) {
+			defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
+			var first *EncodedSym
+			for _, w := range []int{1, 2, 3} {
+				runtime.GOMAXPROCS(w)
+				opt.Workers = w
+				enc, err := EncodeSym(delta, rows, cols, opt)
+				require.NoError(t, err)
+				if first == nil {
+					first = enc
+					continue
+				}
+				assert.Equal(t, first.SymFactors, enc.SymFactors, "workers %d", w)
+				assert.Equal(t, first.Record, enc.Record, "workers %d", w)
+			}
+		})
 	}
 }
 

@@ -178,6 +178,28 @@ type Settings struct {
 	SVD       string   `json:"svd,omitempty"`
 	Include   []string `json:"include,omitempty"`
 	Exclude   []string `json:"exclude,omitempty"`
+	// Calibration describes the input statistics compress --calibration
+	// was given; absent for a data-free archive.
+	Calibration *Calibration `json:"calibration,omitempty"`
+}
+
+// Calibration describes the input statistics (docs/CALIBRATION.md) an
+// archive's projections were encoded with; informative, reconstruct does
+// not read it.
+type Calibration struct {
+	// File is the statistics file's name, without the path leading to it.
+	File string `json:"file"`
+	// Tokens is the number of tokens the statistics were measured on.
+	Tokens int64 `json:"tokens"`
+	// Text and TextSHA256 name the calibration text file and its hex
+	// SHA-256, as the statistics record them.
+	Text       string `json:"text"`
+	TextSHA256 string `json:"text_sha256"`
+	// Fingerprint is the fingerprint of the checkpoint the statistics were
+	// measured on, as they record it.
+	Fingerprint string `json:"fingerprint"`
+	// Sites is the number of input sites the statistics hold.
+	Sites int `json:"sites"`
 }
 
 // Base identifies the base checkpoint the archive was made against.
@@ -299,10 +321,22 @@ type LowRank struct {
 // are those of LowRank, but GroupSize 0 means one group per vector; Refit
 // says how many alternating least-squares rounds were run and RefitRound
 // which one was kept (0: the SVD's vectors).
+//
+// Calibration is set when compress was given input statistics
+// (Settings.Calibration): "calibrated" when the calibrated factors were
+// kept, "data-free" when the data-free ones had the lower H-weighted error,
+// "unusable" when the statistics could not be used for this matrix (not
+// positive definite), "no-statistics" when the statistics have no site
+// for it; absent without statistics. HRelError is the kept factors'
+// H-weighted relative error sqrt(tr(E H Eᵀ) / tr(Delta H Deltaᵀ)), and
+// HRelErrorDataFree the data-free factors' (docs/CALIBRATION.md).
 type LowRankSym struct {
 	LowRank
-	Refit      int `json:"refit,omitempty"`
-	RefitRound int `json:"refit_round,omitempty"`
+	Refit             int     `json:"refit,omitempty"`
+	RefitRound        int     `json:"refit_round,omitempty"`
+	Calibration       string  `json:"calibration,omitempty"`
+	HRelError         float64 `json:"h_rel_error,omitempty"`
+	HRelErrorDataFree float64 `json:"h_rel_error_data_free,omitempty"`
 }
 
 // BitDelta describes a tensor stored as W = W_base + scale * sign(Delta),
