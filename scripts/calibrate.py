@@ -128,6 +128,8 @@ def main():
     ap.add_argument("--tokens", type=int, default=MIN_GENERIC * 4, help="tokens to measure, at most (default %(default)s)")
     ap.add_argument("--seq-len", type=int, default=256, help="window length in tokens (default %(default)s)")
     ap.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    ap.add_argument("--byte-level", action="store_true",
+                    help="the model reads raw bytes (token id = byte value) and ships no tokenizer")
     ap.add_argument("--deltacome", default="deltacome", help="the deltacome binary, for the fingerprint (default: on PATH)")
     args = ap.parse_args()
 
@@ -137,8 +139,11 @@ def main():
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     text = open(args.text, "rb").read()
-    tok = AutoTokenizer.from_pretrained(args.model)
-    ids = tok(text.decode("utf-8", errors="replace"), add_special_tokens=False)["input_ids"]
+    if args.byte_level:
+        ids = list(text)
+    else:
+        tok = AutoTokenizer.from_pretrained(args.model)
+        ids = tok(text.decode("utf-8", errors="replace"), add_special_tokens=False)["input_ids"]
     n_windows = min(len(ids), args.tokens) // args.seq_len
     if n_windows == 0:
         sys.exit(f"calibrate: {args.text} holds {len(ids)} tokens, fewer than one window of {args.seq_len}")
